@@ -1,0 +1,227 @@
+"""Every error rxnsq raises, under one root.
+
+The tree::
+
+    NSQError                          root of everything rxnsq raises
+    ├── ConfigError (ValueError)      an option out of range; names the option and its range
+    ├── InvalidNameError (ValueError) a topic or channel name nsqd would refuse
+    ├── InvalidBodyError (ValueError) an empty or oversized message body, an empty MPUB
+    ├── FrameError                    the peer's bytes are not NSQ frames (corrupt, oversized,
+    │   │                             unknown frame type, truncated message)
+    │   └── WrongPortError            the peer answered with HTTP: the HTTP port was given
+    ├── NSQConnectionError            connecting failed or the connection dropped (retriable)
+    │   ├── ConnectTimeoutError       no TCP connection within the connect timeout
+    │   └── ConnectionClosedError     the connection closed with this operation pending
+    └── ProtocolError                 an ``E_*`` error frame from nsqd; ``code``, ``text``
+        ├── InvalidError              E_INVALID, E_BAD_PROTOCOL
+        ├── BadBodyError              E_BAD_BODY
+        ├── BadMessageError           E_BAD_MESSAGE
+        ├── BadTopicError             E_BAD_TOPIC
+        ├── BadChannelError           E_BAD_CHANNEL
+        ├── IdentifyError             E_IDENTIFY_FAILED
+        ├── AuthError                 E_AUTH_FIRST, E_AUTH_FAILED, E_UNAUTHORIZED,
+        │                             E_AUTH_DISABLED, E_AUTH_ERROR
+        ├── PublishError              E_PUB_FAILED, E_MPUB_FAILED, E_DPUB_FAILED
+        ├── SubscribeError            E_SUB_FAILED
+        └── MessageResponseError      E_FIN_FAILED, E_REQ_FAILED, E_TOUCH_FAILED (non-fatal)
+
+``fatal`` tells whether nsqd closes the connection after the error: every ``E_*`` code is fatal
+except the three message-response failures, which usually mean a message timed out and was
+redelivered elsewhere. ``retriable`` tells whether doing the same thing again may succeed.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AuthError",
+    "BadBodyError",
+    "BadChannelError",
+    "BadMessageError",
+    "BadTopicError",
+    "ConfigError",
+    "ConnectTimeoutError",
+    "ConnectionClosedError",
+    "FrameError",
+    "IdentifyError",
+    "InvalidBodyError",
+    "InvalidError",
+    "InvalidNameError",
+    "MessageResponseError",
+    "NSQConnectionError",
+    "NSQError",
+    "ProtocolError",
+    "PublishError",
+    "SubscribeError",
+    "WrongPortError",
+    "error_from_frame",
+]
+
+
+class NSQError(Exception):
+    """Root of every error rxnsq raises."""
+
+    fatal: ClassVar[bool] = True
+    retriable: ClassVar[bool] = False
+
+
+class ConfigError(NSQError, ValueError):
+    """An option has a value outside its allowed range or type."""
+
+    def __init__(self, option: str, value: object, allowed: str) -> None:
+        self.option = option
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"invalid {option}={value!r}: {allowed}")
+
+
+class InvalidNameError(NSQError, ValueError):
+    """A topic or channel name that nsqd would refuse (checked before sending)."""
+
+
+class InvalidBodyError(NSQError, ValueError):
+    """A message body nsqd would refuse: empty, too large, or an MPUB without messages."""
+
+
+class FrameError(NSQError):
+    """The bytes from the peer are not a valid NSQ frame stream; the connection is unusable."""
+
+
+class WrongPortError(FrameError):
+    """The peer answered with HTTP, so the address is nsqd's HTTP port, not its TCP port."""
+
+
+class NSQConnectionError(NSQError):
+    """Connecting to nsqd failed, or the connection dropped. Trying again may work."""
+
+    retriable: ClassVar[bool] = True
+
+
+class ConnectTimeoutError(NSQConnectionError):
+    """No TCP connection could be made within the connect timeout."""
+
+
+class ConnectionClosedError(NSQConnectionError):
+    """The connection closed while this operation was pending: it did not complete.
+
+    For a publish this means nsqd never confirmed it; it may or may not have been published
+    (unless an earlier command on the same connection failed, in which case it was not).
+    """
+
+
+class ProtocolError(NSQError):
+    """An error frame sent by nsqd, such as ``E_BAD_TOPIC PUB topic name "a b" is not valid``.
+
+    ``code`` is the ``E_*`` word and ``text`` the whole frame text. Build one from a frame with
+    :func:`error_from_frame` (or ``ProtocolError.from_frame``), which picks the subclass.
+    """
+
+    codes: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, code: str, text: str) -> None:
+        self.code = code
+        self.text = text
+        super().__init__(text)
+
+    @classmethod
+    def from_frame(cls, data: bytes) -> ProtocolError:
+        """The error for the data of an error frame, as the subclass for its code."""
+        return error_from_frame(data)
+
+
+class InvalidError(ProtocolError):
+    """nsqd refused a command as invalid: wrong state, bad parameters, RDY out of range."""
+
+    codes = frozenset({"E_INVALID", "E_BAD_PROTOCOL"})
+
+
+class BadBodyError(ProtocolError):
+    """nsqd refused a command body: IDENTIFY/AUTH JSON or size, MPUB size or count."""
+
+    codes = frozenset({"E_BAD_BODY"})
+
+
+class BadMessageError(ProtocolError):
+    """nsqd refused a message: empty, or larger than its --max-msg-size."""
+
+    codes = frozenset({"E_BAD_MESSAGE"})
+
+
+class BadTopicError(ProtocolError):
+    """nsqd refused the topic name."""
+
+    codes = frozenset({"E_BAD_TOPIC"})
+
+
+class BadChannelError(ProtocolError):
+    """nsqd refused the channel name."""
+
+    codes = frozenset({"E_BAD_CHANNEL"})
+
+
+class IdentifyError(ProtocolError):
+    """IDENTIFY or a negotiated upgrade (TLS, snappy, deflate) failed."""
+
+    codes = frozenset({"E_IDENTIFY_FAILED"})
+
+
+class AuthError(ProtocolError):
+    """Authorization failed or is missing for this command; the text holds nsqd's reason."""
+
+    codes = frozenset(
+        {"E_AUTH_FIRST", "E_AUTH_FAILED", "E_UNAUTHORIZED", "E_AUTH_DISABLED", "E_AUTH_ERROR"}
+    )
+
+
+class PublishError(ProtocolError):
+    """nsqd could not publish (for example the topic is being deleted)."""
+
+    codes = frozenset({"E_PUB_FAILED", "E_MPUB_FAILED", "E_DPUB_FAILED"})
+    retriable: ClassVar[bool] = True
+
+
+class SubscribeError(ProtocolError):
+    """nsqd could not subscribe (too many consumers, or an ephemeral channel going away)."""
+
+    codes = frozenset({"E_SUB_FAILED"})
+    retriable: ClassVar[bool] = True
+
+
+class MessageResponseError(ProtocolError):
+    """FIN, REQ or TOUCH named a message this connection no longer holds. Not fatal.
+
+    It usually means the message timed out and was redelivered; the connection goes on.
+    """
+
+    codes = frozenset({"E_FIN_FAILED", "E_REQ_FAILED", "E_TOUCH_FAILED"})
+    fatal: ClassVar[bool] = False
+
+
+_CLASS_BY_CODE: dict[str, type[ProtocolError]] = {
+    code: cls
+    for cls in (
+        InvalidError,
+        BadBodyError,
+        BadMessageError,
+        BadTopicError,
+        BadChannelError,
+        IdentifyError,
+        AuthError,
+        PublishError,
+        SubscribeError,
+        MessageResponseError,
+    )
+    for code in cls.codes
+}
+
+
+def error_from_frame(data: bytes) -> ProtocolError:
+    """The typed error for the data of an nsqd error frame.
+
+    The code is the text before the first space; an unknown code gives a fatal
+    :class:`ProtocolError`, since nsqd closes the connection after every error but three.
+    """
+    text = data.decode("utf-8", errors="replace").strip()
+    code = text.split(" ", 1)[0]
+    return _CLASS_BY_CODE.get(code, ProtocolError)(code, text)
