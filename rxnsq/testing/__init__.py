@@ -1,0 +1,36 @@
+"""Real nsqd / nsqlookupd processes for tests: rxnsq's own suite and its users' suites.
+
+Needs the NSQ binaries (``bash scripts/install-nsq``, the official release on ``PATH``, or
+``$RXNSQ_NSQ_BIN``). With pytest, the fixtures of :mod:`rxnsq.testing.plugin` wrap these classes;
+elsewhere use them directly::
+
+    with NsqdProcess(extra_args=["--msg-timeout=2s"]) as nsqd:
+        nsqd.http_pub("clicks", b"hello")
+"""
+
+from .cluster import NsqCluster, NsqClusterFactory
+from .daemons import (
+    BIN_ENV_VAR,
+    DaemonError,
+    DaemonHTTPError,
+    DaemonProcess,
+    NsqdFactory,
+    NsqdProcess,
+    NsqlookupdProcess,
+    find_binary,
+    wait_until,
+)
+
+__all__ = [
+    "BIN_ENV_VAR",
+    "DaemonError",
+    "DaemonHTTPError",
+    "DaemonProcess",
+    "NsqCluster",
+    "NsqClusterFactory",
+    "NsqdFactory",
+    "NsqdProcess",
+    "NsqlookupdProcess",
+    "find_binary",
+    "wait_until",
+]
