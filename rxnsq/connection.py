@@ -1,0 +1,621 @@
+"""One TCP connection to one nsqd, on tornado's IOStream, with its events as observables.
+
+The connection does the whole handshake (magic, IDENTIFY, TLS, snappy or deflate, AUTH) before
+anything else is sent, answers heartbeats itself, coalesces every command issued in one loop
+turn into one write, and tells what happens on the wire through Rx subjects:
+
+``messages``
+    every delivered :class:`~rxnsq.message.Message`, from the read loop.
+``heartbeats``
+    the loop time of each heartbeat (already answered with NOP).
+``responses``
+    response frames nobody waited for.
+``errors``
+    every error frame as a typed error; non-fatal ones leave the connection open.
+``state``
+    :class:`ConnectionState` changes (a BehaviorSubject: subscribers get the current one).
+``events``
+    pynsq's event names with their data (``connect``, ``identify``, ``identify_response``,
+    ``auth``, ``auth_response``, ``ready``, ``response``, ``message``, ``heartbeat``,
+    ``backoff``, ``resume``, ``error``, ``close``).
+
+Emissions happen from the read loop or through ``call_soon``, never inside ``fin()``,
+``req()``, ``touch()``, ``rdy()`` or a publish call, so Rx operators are never re-entered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+import ssl
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import reactivex
+from reactivex.subject import BehaviorSubject, Subject
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
+
+from . import protocol
+from .codecs import Codec, DeflateCodec, IdentityCodec, SnappyCodec
+from .config import ConnectionOptions
+from .errors import (
+    AuthError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    FrameError,
+    NSQConnectionError,
+    NSQError,
+    ProtocolError,
+    error_from_frame,
+)
+from .message import Delivery, Message
+from .protocol import Frame, IdentifyResponse
+from .sync import split_address
+
+__all__ = [
+    "Connection",
+    "ConnectionEvent",
+    "ConnectionState",
+    "NegotiationError",
+    "default_requeue_delay",
+]
+
+logger = logging.getLogger(__name__)
+
+_READ_CHUNK = 65536
+
+
+class ConnectionState(enum.Enum):
+    """Where a connection is in its life."""
+
+    INIT = "init"
+    CONNECTING = "connecting"
+    IDENTIFYING = "identifying"
+    READY = "ready"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class ConnectionEvent(NamedTuple):
+    """A pynsq-style event: its name and what goes with it."""
+
+    name: str
+    data: Any = None
+
+
+class NegotiationError(NSQError):
+    """nsqd did not grant a feature that must not be done without (TLS asked for)."""
+
+
+def default_requeue_delay(attempts: int) -> float:
+    """go-nsq's default: 90 s per attempt, at most 15 minutes."""
+    return min(90.0 * attempts, 900.0)
+
+
+class Connection:
+    """A connection to one nsqd.
+
+    ``Connection("127.0.0.1:4150", snappy=True)`` takes the options of
+    :class:`~rxnsq.config.ConnectionOptions` as keywords (or ``options=``); they are
+    checked here, before any IO. ``await conn.connect()`` opens it on the running loop.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        options: ConnectionOptions | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if options is not None and kwargs:
+            raise TypeError("give either options= or keyword options, not both")
+        self.options = options if options is not None else ConnectionOptions(**kwargs)
+        self.host, self.port = split_address(address)
+        self.address = f"[{self.host}]:{self.port}" if ":" in self.host else address
+        self.identify_response: IdentifyResponse | None = None
+        self.auth_response: protocol.AuthResponse | None = None
+        self.requeue_delay: Callable[[int], float] = default_requeue_delay
+        #: Called before the FIN/REQ bytes are queued, so RDY changes it makes go out first.
+        self.on_settle: Callable[[Connection, Delivery, bool | None], None] | None = None
+
+        self.messages: Subject[Message[bytes]] = Subject()
+        self.heartbeats: Subject[float] = Subject()
+        self.responses: Subject[bytes] = Subject()
+        self.errors: Subject[ProtocolError] = Subject()
+        self.events: Subject[ConnectionEvent] = Subject()
+        self._state: BehaviorSubject[ConnectionState] = BehaviorSubject(ConnectionState.INIT)
+
+        self.rdy_count = 0
+        self.in_flight = 0
+        self.finished = 0
+        self.requeued = 0
+        self.duplicate_settlements = 0
+        self.last_message_time = 0.0
+        self.subscription: tuple[str, str] | None = None
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stream: IOStream | None = None
+        self._codec: Codec = IdentityCodec()
+        self._reader = protocol.FrameReader(self.options.max_frame_size)
+        self._pending: deque[asyncio.Future[bytes]] = deque()
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
+        self._writable = False
+        self._last_write: asyncio.Future[None] | None = None
+        self._read_task: asyncio.Task[None] | None = None
+        self._liveness: asyncio.TimerHandle | None = None
+        self._last_read = 0.0
+        self._drained: asyncio.Future[None] | None = None
+        self._close_error: NSQError | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.address} {self.state.value} rdy={self.rdy_count}>"
+
+    # --- observables and state -------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """The current state."""
+        return self._state.value
+
+    @property
+    def states(self) -> reactivex.Observable[ConnectionState]:
+        """State changes, starting with the current state."""
+        return self._state
+
+    @property
+    def is_ready(self) -> bool:
+        """The handshake is done and the connection is open."""
+        return self._state.value is ConnectionState.READY
+
+    @property
+    def closed(self) -> bool:
+        return self._state.value is ConnectionState.CLOSED
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if self._state.value is not state:
+            self._state.on_next(state)
+
+    def _event(self, name: str, data: Any = None) -> None:
+        self.events.on_next(ConnectionEvent(name, data))
+
+    # --- connecting ------------------------------------------------------------------------
+
+    async def connect(self) -> IdentifyResponse:
+        """Open the TCP connection and do the whole handshake; returns what nsqd granted.
+
+        Raises :class:`~rxnsq.errors.ConnectTimeoutError`, :class:`NSQConnectionError`,
+        :class:`~rxnsq.errors.WrongPortError` (the HTTP port was given),
+        :class:`NegotiationError` (TLS not granted) or the typed error nsqd sent.
+        """
+        if self.state is not ConnectionState.INIT:
+            raise NSQConnectionError(f"{self.address}: connect() was already called")
+        self._loop = asyncio.get_running_loop()
+        self._set_state(ConnectionState.CONNECTING)
+        timeout = self.options.connect_timeout
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    self._stream = await TCPClient().connect(self.host, self.port)
+            except TimeoutError as exc:
+                raise ConnectTimeoutError(
+                    f"no TCP connection to nsqd at {self.address} within {timeout}s"
+                ) from exc
+            except (OSError, StreamClosedError) as exc:
+                reason = getattr(exc, "real_error", None) or exc
+                raise NSQConnectionError(
+                    f"cannot connect to nsqd at {self.address}: {reason}"
+                ) from exc
+            self._stream.set_nodelay(True)
+            self._event("connect")
+            try:
+                async with asyncio.timeout(timeout):
+                    response = await self._handshake()
+            except TimeoutError as exc:
+                raise ConnectTimeoutError(
+                    f"nsqd at {self.address} did not finish the handshake within {timeout}s"
+                ) from exc
+        except BaseException as exc:
+            error = exc if isinstance(exc, NSQError) else None
+            self._teardown(error or ConnectionClosedError(f"{self.address}: connect failed"))
+            raise
+        self._last_read = self._loop.time()
+        self._set_state(ConnectionState.READY)
+        self._writable = True
+        self._read_task = self._loop.create_task(self._read_loop())
+        self._arm_liveness()
+        self._event("ready")
+        logger.info("%s: ready (nsqd %s)", self.address, response.version or "?")
+        return response
+
+    async def _handshake(self) -> IdentifyResponse:
+        assert self._stream is not None
+        self._set_state(ConnectionState.IDENTIFYING)
+        fields = self.options.identify_fields()
+        self._stream.write(protocol.MAGIC_V2 + protocol.encode_identify(fields))
+        self._event("identify", fields)
+        response = protocol.parse_identify_response(await self._handshake_reply())
+        self.identify_response = response
+        self._event("identify_response", response)
+        logger.debug("%s: IDENTIFY response %s", self.address, response)
+
+        if self.options.wants_tls:
+            if not response.tls_v1:
+                raise NegotiationError(
+                    f"TLS was asked for but nsqd at {self.address} did not grant it "
+                    "(start nsqd with --tls-cert and --tls-key); not continuing in plaintext"
+                )
+            await self._upgrade_tls()
+        if response.snappy:
+            await self._upgrade_codec(SnappyCodec())
+        elif response.deflate:
+            await self._upgrade_codec(DeflateCodec(self.options.deflate_level))
+        elif self.options.snappy or self.options.deflate:
+            logger.warning("%s: nsqd did not grant compression; continuing without", self.address)
+
+        if response.auth_required:
+            await self._authenticate()
+        elif self.options.auth_secret is not None:
+            logger.warning("%s: auth_secret given but nsqd does not require AUTH", self.address)
+        return response
+
+    async def _handshake_reply(self) -> bytes:
+        """The next response during the handshake; heartbeats are skipped (answered after)."""
+        assert self._stream is not None
+        while True:
+            frame = self._reader.feed_one()
+            while frame is None:
+                chunk = await self._stream.read_bytes(_READ_CHUNK, partial=True)
+                frame = self._reader.feed_one(self._codec.decode(chunk))
+            if frame.type == protocol.FRAME_TYPE_ERROR:
+                raise error_from_frame(frame.data)
+            if frame.type != protocol.FRAME_TYPE_RESPONSE:
+                raise FrameError(f"{self.address}: a message arrived during the handshake")
+            if frame.data == protocol.HEARTBEAT:
+                self.send(protocol.encode_nop())  # queued; flushed once the handshake is done
+                continue
+            return frame.data
+
+    def _take_raw_leftover(self) -> bytes:
+        """Bytes read past the last handshake frame, still in their wire encoding."""
+        return self._reader.take_buffered()
+
+    async def _upgrade_tls(self) -> None:
+        assert self._stream is not None
+        if self._take_raw_leftover():
+            raise FrameError(f"{self.address}: unexpected bytes before the TLS handshake")
+        context = self.options.ssl_context()
+        plain, self._stream = self._stream, None  # start_tls takes the socket over
+        try:
+            self._stream = await plain.start_tls(
+                False, ssl_options=context, server_hostname=self.host
+            )
+        except (ssl.SSLError, StreamClosedError, OSError) as exc:
+            reason = getattr(exc, "real_error", None) or exc
+            raise NegotiationError(f"TLS handshake with {self.address} failed: {reason}") from exc
+        self._expect_ok(await self._handshake_reply(), "TLS")
+        logger.info("%s: upgraded to TLS", self.address)
+
+    async def _upgrade_codec(self, codec: Codec) -> None:
+        leftover = self._take_raw_leftover()
+        self._codec = codec
+        if leftover:
+            self._reader.feed(codec.decode(leftover), limit=0)
+        self._expect_ok(await self._handshake_reply(), codec.name)
+        logger.info("%s: upgraded to %s", self.address, codec.name)
+
+    def _expect_ok(self, data: bytes, step: str) -> None:
+        if data != protocol.OK:
+            raise FrameError(f"{self.address}: expected OK after the {step} upgrade, got {data!r}")
+
+    async def _authenticate(self) -> None:
+        assert self._stream is not None
+        secret = self.options.auth_secret
+        if secret is None:
+            raise AuthError(
+                "E_AUTH_REQUIRED",
+                f"nsqd at {self.address} requires authorization: give auth_secret",
+            )
+        self._stream.write(self._codec.encode(protocol.encode_auth(secret)))
+        self._event("auth")
+        self.auth_response = protocol.parse_auth_response(await self._handshake_reply())
+        self._event("auth_response", self.auth_response)
+        logger.info(
+            "%s: authorized as %r (%d permissions)",
+            self.address,
+            self.auth_response.identity,
+            self.auth_response.permission_count,
+        )
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queue bytes; everything queued in one loop turn goes out in one write."""
+        self._outbox.append(data)
+        if not self._flush_scheduled and self._writable:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._outbox or self._stream is None:
+            return
+        data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
+        self._outbox.clear()
+        # on a closed stream the read loop sees the close and fails what is pending
+        with contextlib.suppress(StreamClosedError):
+            self._last_write = self._stream.write(self._codec.encode(data))
+
+    def _command(self, data: bytes) -> asyncio.Future[bytes]:
+        """Send a command that nsqd answers, and a future for the answer (FIFO order)."""
+        if self._state.value is not ConnectionState.READY:
+            raise ConnectionClosedError(
+                f"{self.address}: connection is {self.state.value}, not ready"
+            )
+        assert self._loop is not None
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        self._pending.append(future)
+        self.send(data)
+        return future
+
+    def pub(self, topic: str, body: bytes) -> asyncio.Future[bytes]:
+        """PUB; the future resolves with ``OK`` or fails with the typed error."""
+        return self._command(protocol.encode_pub(topic, body))
+
+    def mpub(self, topic: str, bodies: Iterable[bytes]) -> asyncio.Future[bytes]:
+        """MPUB (atomic); the future resolves with ``OK`` or fails with the typed error."""
+        return self._command(protocol.encode_mpub(topic, bodies))
+
+    def dpub(self, topic: str, delay: float, body: bytes) -> asyncio.Future[bytes]:
+        """DPUB, deferred by ``delay`` seconds; resolves with ``OK`` or fails."""
+        return self._command(protocol.encode_dpub(topic, round(delay * 1000), body))
+
+    async def subscribe(self, topic: str, channel: str) -> None:
+        """SUB and wait for nsqd's ``OK`` (so a bad topic or missing right raises here)."""
+        if self.subscription is not None:
+            raise NSQConnectionError(f"{self.address}: already subscribed to {self.subscription}")
+        command = protocol.encode_sub(topic, channel)
+        self.subscription = (topic, channel)
+        await self._command(command)
+        logger.info("%s: subscribed to %s/%s", self.address, topic, channel)
+
+    def rdy(self, count: int) -> None:
+        """Send RDY ``count`` when it differs from the last value sent."""
+        max_rdy = self.max_rdy_count
+        if count > max_rdy:
+            raise ValueError(f"RDY {count} is above nsqd's max_rdy_count of {max_rdy}")
+        if count != self.rdy_count and self._state.value is ConnectionState.READY:
+            self.rdy_count = count
+            self.send(protocol.encode_rdy(count))
+
+    @property
+    def max_rdy_count(self) -> int:
+        """The largest RDY this nsqd accepts."""
+        response = self.identify_response
+        return response.max_rdy_count if response else protocol.DEFAULT_MAX_RDY_COUNT
+
+    # --- settlement (called by Message) -----------------------------------------------------
+
+    def settle_fin(self, delivery: Delivery) -> None:
+        if self.on_settle is not None:
+            self.on_settle(self, delivery, None)
+        self.finished += 1
+        self._settled()
+        self.send(b"FIN " + delivery.id + b"\n")
+        self._event_soon("resume", delivery)
+
+    def settle_req(self, delivery: Delivery, delay: float | None, backoff: bool) -> None:
+        if self.on_settle is not None:
+            self.on_settle(self, delivery, backoff)
+        if delay is None:
+            delay = self.requeue_delay(delivery.attempts)
+        self.requeued += 1
+        self._settled()
+        self.send(protocol.encode_req(delivery.id, max(0, math.floor(delay * 1000))))
+        self._event_soon("backoff" if backoff else "continue", delivery)
+
+    def settle_touch(self, delivery: Delivery) -> None:
+        self.send(b"TOUCH " + delivery.id + b"\n")
+
+    def _settled(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _event_soon(self, name: str, data: Any) -> None:
+        if self._loop is not None and self.events.observers:
+            self._loop.call_soon(self._event, name, data)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        stream = self._stream
+        assert stream is not None and self._loop is not None
+        error: NSQError | None = None
+        try:
+            self._flush()  # NOPs for heartbeats seen during the handshake
+            self._dispatch(self._reader.feed(b""))  # frames read along with the handshake
+            while True:
+                chunk = await stream.read_bytes(_READ_CHUNK, partial=True)
+                self._last_read = self._loop.time()
+                self._dispatch(self._reader.feed(self._codec.decode(chunk)))
+        except StreamClosedError as exc:
+            if self._close_error is None:
+                reason = exc.real_error or "closed by nsqd"
+                error = ConnectionClosedError(f"{self.address}: connection lost ({reason})")
+        except NSQError as exc:
+            error = exc
+            if isinstance(exc, FrameError):
+                logger.error("%s: %s", self.address, exc)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            logger.exception("%s: unexpected error in the read loop", self.address)
+            error = ConnectionClosedError(f"{self.address}: {exc!r}")
+        self._teardown(
+            self._close_error or error or ConnectionClosedError(f"{self.address}: closed")
+        )
+
+    def _dispatch(self, frames: list[Frame]) -> None:
+        for frame_type, data in frames:
+            if frame_type == protocol.FRAME_TYPE_MESSAGE:
+                self._on_message(data)
+            elif frame_type == protocol.FRAME_TYPE_RESPONSE:
+                self._on_response(data)
+            else:
+                self._on_error(error_from_frame(data))
+
+    def _on_message(self, data: bytes) -> None:
+        message = Message.from_raw(protocol.decode_message(data), self)
+        self.in_flight += 1
+        self.last_message_time = self._last_read
+        self.messages.on_next(message)
+        if self.events.observers:
+            self._event("message", message)
+
+    def _on_response(self, data: bytes) -> None:
+        if data == protocol.HEARTBEAT:
+            self.send(protocol.encode_nop())
+            self.heartbeats.on_next(self._last_read)
+            self._event("heartbeat")
+            return
+        if self._pending:
+            future = self._pending.popleft()
+            if not future.done():
+                future.set_result(data)
+        else:
+            logger.warning("%s: unexpected response %r", self.address, data[:80])
+            self.responses.on_next(data)
+        self._event("response", data)
+
+    def _on_error(self, error: ProtocolError) -> None:
+        self.errors.on_next(error)
+        self._event("error", error)
+        if not error.fatal:
+            logger.warning("%s: %s", self.address, error.text)
+            return
+        logger.error("%s: %s", self.address, error.text)
+        if self._pending:
+            future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(error)
+        raise error
+
+    # --- liveness --------------------------------------------------------------------------
+
+    def _arm_liveness(self) -> None:
+        interval = self.options.heartbeat_interval
+        if interval <= 0 or self._loop is None:
+            return
+        self._liveness = self._loop.call_later(interval, self._check_liveness)
+
+    def _check_liveness(self) -> None:
+        assert self._loop is not None
+        limit = 2 * self.options.heartbeat_interval
+        silent = self._loop.time() - self._last_read
+        if silent > limit:
+            self._close_error = ConnectionClosedError(
+                f"{self.address}: nothing received for {silent:.1f}s (two heartbeat intervals); "
+                "closing the connection as dead"
+            )
+            logger.warning("%s", self._close_error)
+            self._abort()
+            return
+        self._arm_liveness()
+
+    # --- closing ---------------------------------------------------------------------------
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Close cleanly: CLS and CLOSE_WAIT when subscribed, let in-flight messages settle
+        (up to ``timeout`` seconds), wait for pending publishes, then close the socket."""
+        if self.state in (ConnectionState.CLOSED, ConnectionState.CLOSING):
+            await self._wait_closed()
+            return
+        if self.state is not ConnectionState.READY:
+            self._abort()
+            return
+        assert self._loop is not None
+        deadline = self._loop.time() + timeout
+        try:
+            if self.subscription is not None:
+                self.rdy_count = 0
+                cls = self._command(protocol.encode_cls())
+                self._set_state(ConnectionState.CLOSING)
+                async with asyncio.timeout(timeout):
+                    await cls
+            else:
+                self._set_state(ConnectionState.CLOSING)
+            if self._pending:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.gather(*self._pending, return_exceptions=True)
+            if self.in_flight > 0:
+                self._drained = self._loop.create_future()
+                async with asyncio.timeout_at(deadline):
+                    await self._drained
+            self._flush()
+            if self._last_write is not None:
+                async with asyncio.timeout_at(deadline):
+                    await self._last_write  # the last FIN/REQ reaches nsqd before the close
+        except TimeoutError:
+            logger.warning(
+                "%s: closing with %d messages in flight and %d pending after %.1fs",
+                self.address,
+                self.in_flight,
+                len(self._pending),
+                timeout,
+            )
+        except (NSQError, StreamClosedError) as exc:
+            logger.warning("%s: error while closing: %s", self.address, exc)
+        self._close_error = self._close_error or ConnectionClosedError(f"{self.address}: closed")
+        if self._stream is not None:
+            self._stream.close()
+        await self._wait_closed()
+
+    async def _wait_closed(self) -> None:
+        task = self._read_task
+        if task is not None and task is not asyncio.current_task():
+            await asyncio.wait([task])
+
+    def _abort(self) -> None:
+        """Close the socket now; the read loop fails what is pending."""
+        if self._stream is not None:
+            self._stream.close()
+        elif self._read_task is None:
+            self._teardown(ConnectionClosedError(f"{self.address}: closed"))
+
+    def _teardown(self, error: NSQError) -> None:
+        if self._state.value is ConnectionState.CLOSED:
+            return
+        if self._liveness is not None:
+            self._liveness.cancel()
+        if self._stream is not None and not self._stream.closed():
+            self._stream.close()
+        pending = list(self._pending)
+        self._pending.clear()
+        for future in pending:
+            if not future.done():
+                future.set_exception(
+                    error
+                    if isinstance(error, ConnectionClosedError)
+                    else ConnectionClosedError(
+                        f"{self.address}: not done, connection closed ({error})"
+                    )
+                )
+                future.exception()  # a caller that gave up on it must not get a warning
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._outbox.clear()
+        self._writable = False
+        self.rdy_count = 0
+        self._set_state(ConnectionState.CLOSED)
+        self._event("close", error)
+        for subject in (self.messages, self.heartbeats, self.responses, self.errors, self.events):
+            subject.on_completed()
+        self._state.on_completed()
+        if not isinstance(error, ConnectionClosedError) or self._close_error is not error:
+            logger.info("%s: closed: %s", self.address, error)
