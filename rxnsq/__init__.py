@@ -5,6 +5,8 @@ error tree), then connections, the Reader and the Writer built on them.
 """
 
 from ._version import __version__
+from .config import ConnectionOptions
+from .connection import Connection, ConnectionEvent, ConnectionState, NegotiationError
 from .errors import (
     AuthError,
     ConfigError,
@@ -17,17 +19,26 @@ from .errors import (
     ProtocolError,
     WrongPortError,
 )
+from .message import Message
+from .sync import SyncConnection
 
 __all__ = [
     "AuthError",
     "ConfigError",
+    "Connection",
     "ConnectionClosedError",
+    "ConnectionEvent",
+    "ConnectionOptions",
+    "ConnectionState",
     "FrameError",
     "InvalidBodyError",
     "InvalidNameError",
+    "Message",
     "NSQConnectionError",
     "NSQError",
+    "NegotiationError",
     "ProtocolError",
+    "SyncConnection",
     "WrongPortError",
     "__version__",
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -289,6 +291,20 @@ async def test_idle_connection_survives_heartbeats(nsqd) -> None:  # type: ignor
     assert len(beats) >= 5
     assert await conn.pub("hb", b"still alive") == b"OK"
     await conn.close()
+
+
+async def test_stalled_nsqd_is_detected_by_missed_heartbeats(nsqd) -> None:  # type: ignore[no-untyped-def]
+    conn = await connect(nsqd.tcp_address, heartbeat_interval=1.0)
+    closed = asyncio.get_running_loop().create_future()
+    conn.events.subscribe(lambda e: e.name == "close" and closed.set_result(e.data))
+    os.kill(nsqd.pid, signal.SIGSTOP)  # the real nsqd stops answering; the socket stays open
+    try:
+        error = await asyncio.wait_for(closed, 6)
+        assert isinstance(error, errors.ConnectionClosedError)
+        assert "two heartbeat intervals" in str(error)
+        assert conn.closed
+    finally:
+        os.kill(nsqd.pid, signal.SIGCONT)
 
 
 async def test_msg_timeout_redelivers_unsettled(nsqd) -> None:  # type: ignore[no-untyped-def]
