@@ -16,12 +16,12 @@ from . import protocol
 from ._version import __version__
 from .errors import ConfigError
 
-__all__ = ["ConnectionOptions", "make_ssl_context"]
+__all__ = ["ConnectionOptions", "check_range", "make_ssl_context"]
 
 TLSOptions = ssl.SSLContext | Mapping[str, Any]
 
 
-def _check_range(
+def check_range(
     name: str,
     value: object,
     low: float,
@@ -66,19 +66,19 @@ class ConnectionOptions:
     max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE
 
     def __post_init__(self) -> None:
-        _check_range("heartbeat_interval", self.heartbeat_interval, 1.0, 3600.0, disable=True)
-        _check_range(
+        check_range("heartbeat_interval", self.heartbeat_interval, 1.0, 3600.0, disable=True)
+        check_range(
             "output_buffer_size", self.output_buffer_size, 64, 1 << 30, integer=True, disable=True
         )
-        _check_range(
+        check_range(
             "output_buffer_timeout", self.output_buffer_timeout, 0.025, 3600.0, disable=True
         )
-        _check_range("deflate_level", self.deflate_level, 1, 9, integer=True)
-        _check_range("sample_rate", self.sample_rate, 0, 99, integer=True)
+        check_range("deflate_level", self.deflate_level, 1, 9, integer=True)
+        check_range("sample_rate", self.sample_rate, 0, 99, integer=True)
         if self.msg_timeout is not None:
-            _check_range("msg_timeout", self.msg_timeout, 1.0, 3600.0)
-        _check_range("connect_timeout", self.connect_timeout, 0.001, 3600.0)
-        _check_range("max_frame_size", self.max_frame_size, 1024, 1 << 31, integer=True)
+            check_range("msg_timeout", self.msg_timeout, 1.0, 3600.0)
+        check_range("connect_timeout", self.connect_timeout, 0.001, 3600.0)
+        check_range("max_frame_size", self.max_frame_size, 1024, 1 << 31, integer=True)
         if self.snappy and self.deflate:
             raise ConfigError("snappy", True, "snappy and deflate cannot both be enabled")
         if self.tls_options is not None and not isinstance(

@@ -119,6 +119,10 @@ class Connection:
         self.identify_response: IdentifyResponse | None = None
         self.auth_response: protocol.AuthResponse | None = None
         self.requeue_delay: Callable[[int], float] = default_requeue_delay
+        #: Upper bound for any REQ delay, the computed default or one given to ``req()``.
+        self.max_requeue_delay = 3600.0
+        #: The Reader consuming through this connection, if any (operators read its limits).
+        self.consumer: Any = None
         #: Called before the FIN/REQ bytes are queued, so RDY changes it makes go out first.
         self.on_settle: Callable[[Connection, Delivery, bool | None], None] | None = None
 
@@ -130,7 +134,7 @@ class Connection:
         self._state: BehaviorSubject[ConnectionState] = BehaviorSubject(ConnectionState.INIT)
 
         self.rdy_count = 0
-        self.in_flight = 0
+        self._unsettled: set[Delivery] = set()
         self.finished = 0
         self.requeued = 0
         self.duplicate_settlements = 0
@@ -401,11 +405,16 @@ class Connection:
 
     # --- settlement (called by Message) -----------------------------------------------------
 
+    @property
+    def in_flight(self) -> int:
+        """Messages delivered here and not yet finished or requeued."""
+        return len(self._unsettled)
+
     def settle_fin(self, delivery: Delivery) -> None:
         if self.on_settle is not None:
             self.on_settle(self, delivery, None)
         self.finished += 1
-        self._settled()
+        self._settled(delivery)
         self.send(b"FIN " + delivery.id + b"\n")
         self._event_soon("resume", delivery)
 
@@ -414,17 +423,19 @@ class Connection:
             self.on_settle(self, delivery, backoff)
         if delay is None:
             delay = self.requeue_delay(delivery.attempts)
+        delay = min(delay, self.max_requeue_delay)
         self.requeued += 1
-        self._settled()
+        self._settled(delivery)
         self.send(protocol.encode_req(delivery.id, max(0, math.floor(delay * 1000))))
         self._event_soon("backoff" if backoff else "continue", delivery)
 
     def settle_touch(self, delivery: Delivery) -> None:
         self.send(b"TOUCH " + delivery.id + b"\n")
 
-    def _settled(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight <= 0 and self._drained is not None and not self._drained.done():
+    def _settled(self, delivery: Delivery) -> None:
+        unsettled = self._unsettled
+        unsettled.discard(delivery)
+        if not unsettled and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
     def _event_soon(self, name: str, data: Any) -> None:
@@ -472,7 +483,7 @@ class Connection:
 
     def _on_message(self, data: bytes) -> None:
         message = Message.from_raw(protocol.decode_message(data), self)
-        self.in_flight += 1
+        self._unsettled.add(message.delivery)
         self.last_message_time = self._last_read
         self.messages.on_next(message)
         if self.events.observers:
@@ -563,18 +574,36 @@ class Connection:
                     await self._last_write  # the last FIN/REQ reaches nsqd before the close
         except TimeoutError:
             logger.warning(
-                "%s: closing with %d messages in flight and %d pending after %.1fs",
+                "%s: closing with %d messages in flight and %d pending after %.1fs; "
+                "requeueing the messages",
                 self.address,
                 self.in_flight,
                 len(self._pending),
                 timeout,
             )
+            self.requeue_unsettled()
+            self._flush()
         except (NSQError, StreamClosedError) as exc:
             logger.warning("%s: error while closing: %s", self.address, exc)
         self._close_error = self._close_error or ConnectionClosedError(f"{self.address}: closed")
         if self._stream is not None:
             self._stream.close()
         await self._wait_closed()
+
+    def requeue_unsettled(self) -> int:
+        """REQ (at once, without backoff) every message still in flight here; returns how many.
+
+        For shutdown: nsqd redelivers them now instead of after their timeout.
+        """
+        count = 0
+        for delivery in list(self._unsettled):
+            if delivery.outcome is None:
+                delivery.outcome = "req"
+                self.requeued += 1
+                self.send(protocol.encode_req(delivery.id, 0))
+                count += 1
+        self._unsettled.clear()
+        return count
 
     async def _wait_closed(self) -> None:
         task = self._read_task

@@ -24,6 +24,8 @@ Outcome = Literal["fin", "req"]
 class Settler(Protocol):
     """What a delivery settles through: the connection that delivered it."""
 
+    address: str
+
     def settle_fin(self, delivery: Delivery) -> None: ...
 
     def settle_req(self, delivery: Delivery, delay: float | None, backoff: bool) -> None: ...
