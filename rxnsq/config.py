@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ from . import protocol
 from ._version import __version__
 from .errors import ConfigError
 
-__all__ = ["ConnectionOptions", "check_range", "make_ssl_context"]
+__all__ = ["ConnectionOptions", "address_list", "check_range", "make_ssl_context"]
 
 TLSOptions = ssl.SSLContext | Mapping[str, Any]
 
@@ -153,3 +153,12 @@ def make_ssl_context(options: TLSOptions | None) -> ssl.SSLContext:
             "known keys: ca_certs, certfile, keyfile, cert_reqs, check_hostname, ssl_version",
         )
     return context
+
+
+def address_list(name: str, value: str | Sequence[str]) -> tuple[str, ...]:
+    """One address or any sequence of them (pynsq crashed on tuples) as a tuple."""
+    items = (value,) if isinstance(value, str) else tuple(value)
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ConfigError(name, value, "an address string or a sequence of them")
+    return items

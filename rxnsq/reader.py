@@ -29,7 +29,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import BehaviorSubject, Subject
 
 from . import protocol
-from .config import ConnectionOptions, check_range
+from .config import ConnectionOptions, address_list, check_range
 from .connection import Connection, ConnectionState, NegotiationError
 from .errors import AuthError, ConfigError, NSQConnectionError, NSQError, WrongPortError
 from .flow import BackoffState, BackoffStrategy, FlowController
@@ -92,10 +92,8 @@ class Reader:
     ) -> None:
         self.topic = protocol.check_topic_name(topic)
         self.channel = protocol.check_channel_name(channel)
-        self.nsqd_tcp_addresses = _address_list("nsqd_tcp_addresses", nsqd_tcp_addresses)
-        self.lookupd_http_addresses = _address_list(
-            "lookupd_http_addresses", lookupd_http_addresses
-        )
+        self.nsqd_tcp_addresses = address_list("nsqd_tcp_addresses", nsqd_tcp_addresses)
+        self.lookupd_http_addresses = address_list("lookupd_http_addresses", lookupd_http_addresses)
         if not self.nsqd_tcp_addresses and not self.lookupd_http_addresses:
             raise ConfigError(
                 "nsqd_tcp_addresses", [], "give nsqd_tcp_addresses or lookupd_http_addresses"
@@ -515,12 +513,3 @@ class Reader:
     def _event(self, kind: str, address: str = "", detail: Any = None) -> None:
         if self.events.observers and self._loop is not None:
             self._loop.call_soon(self.events.on_next, ReaderEvent(kind, address, detail))
-
-
-def _address_list(name: str, value: str | Sequence[str]) -> tuple[str, ...]:
-    """One address or any sequence of them (pynsq crashed on tuples) as a tuple."""
-    items = (value,) if isinstance(value, str) else tuple(value)
-    for item in items:
-        if not isinstance(item, str) or not item:
-            raise ConfigError(name, value, "an address string or a sequence of them")
-    return items
