@@ -9,9 +9,18 @@ The tree::
     ├── FrameError                    the peer's bytes are not NSQ frames (corrupt, oversized,
     │   │                             unknown frame type, truncated message)
     │   └── WrongPortError            the peer answered with HTTP: the HTTP port was given
-    ├── NSQConnectionError            connecting failed or the connection dropped (retriable)
+    ├── NSQConnectionError            connecting failed or the connection dropped (retriable);
+    │   │                             also an HTTP API request that got no HTTP reply
     │   ├── ConnectTimeoutError       no TCP connection within the connect timeout
     │   └── ConnectionClosedError     the connection closed with this operation pending
+    ├── LookupdError                  an nsqlookupd query failed (retriable); ``url``, ``status``
+    │                                 (None without an HTTP reply), ``reason``
+    ├── HTTPAPIError                  nsqd / nsqlookupd HTTP API answered non-2xx; ``method``,
+    │   │                             ``url``, ``status``, ``message`` (e.g. ``TOPIC_NOT_FOUND``)
+    │   ├── HTTPInvalidBodyError      also an InvalidBodyError: MSG_EMPTY, MSG_TOO_BIG,
+    │   │                             BODY_TOO_BIG, BAD_MESSAGE, BAD_BODY
+    │   └── HTTPInvalidNameError      also an InvalidNameError: INVALID_TOPIC, INVALID_ARG_TOPIC,
+    │                                 INVALID_ARG_CHANNEL
     └── ProtocolError                 an ``E_*`` error frame from nsqd; ``code``, ``text``
         ├── InvalidError              E_INVALID, E_BAD_PROTOCOL
         ├── BadBodyError              E_BAD_BODY
@@ -28,6 +37,10 @@ The tree::
 ``fatal`` tells whether nsqd closes the connection after the error: every ``E_*`` code is fatal
 except the three message-response failures, which usually mean a message timed out and was
 redelivered elsewhere. ``retriable`` tells whether doing the same thing again may succeed.
+
+A body or name that nsqd refuses over HTTP raises a class that is both an :class:`HTTPAPIError`
+(with the status and nsqd's reason) and the :class:`InvalidBodyError` / :class:`InvalidNameError`
+that the local check before sending raises, so one ``except`` handles both.
 """
 
 from __future__ import annotations
@@ -44,10 +57,14 @@ __all__ = [
     "ConnectTimeoutError",
     "ConnectionClosedError",
     "FrameError",
+    "HTTPAPIError",
+    "HTTPInvalidBodyError",
+    "HTTPInvalidNameError",
     "IdentifyError",
     "InvalidBodyError",
     "InvalidError",
     "InvalidNameError",
+    "LookupdError",
     "MessageResponseError",
     "NSQConnectionError",
     "NSQError",
@@ -56,6 +73,7 @@ __all__ = [
     "SubscribeError",
     "WrongPortError",
     "error_from_frame",
+    "error_from_http",
 ]
 
 
@@ -225,3 +243,60 @@ def error_from_frame(data: bytes) -> ProtocolError:
     text = data.decode("utf-8", errors="replace").strip()
     code = text.split(" ", 1)[0]
     return _CLASS_BY_CODE.get(code, ProtocolError)(code, text)
+
+
+class LookupdError(NSQError):
+    """Querying an nsqlookupd failed: no HTTP reply, an error status, or an unreadable body.
+
+    ``url`` is the lookup URL, ``status`` the HTTP status (None when no reply came) and
+    ``reason`` what went wrong. Discovery goes on with the next lookupd or the next poll.
+    """
+
+    retriable: ClassVar[bool] = True
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        self.url = url
+        self.reason = reason
+        self.status = status
+        got = "no reply" if status is None else f"HTTP {status}"
+        super().__init__(f"nsqlookupd query {url} failed ({got}): {reason}")
+
+
+class HTTPAPIError(NSQError):
+    """nsqd's or nsqlookupd's HTTP API answered with a non-2xx status.
+
+    ``message`` is the server's reason, the ``{"message": ...}`` of a 1.x error body (such as
+    ``TOPIC_NOT_FOUND``), else the body text. Build one with :func:`error_from_http`, which picks
+    the subclass for the message.
+    """
+
+    messages: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, method: str, url: str, status: int, message: str) -> None:
+        self.method = method
+        self.url = url
+        self.status = status
+        self.message = message
+        super().__init__(f"{method} {url} -> HTTP {status}: {message}")
+
+
+class HTTPInvalidBodyError(HTTPAPIError, InvalidBodyError):
+    """nsqd refused a message body over HTTP: empty, over ``--max-msg-size``, a bad binary MPUB."""
+
+    messages = frozenset({"MSG_EMPTY", "MSG_TOO_BIG", "BODY_TOO_BIG", "BAD_MESSAGE", "BAD_BODY"})
+
+
+class HTTPInvalidNameError(HTTPAPIError, InvalidNameError):
+    """nsqd or nsqlookupd refused a topic or channel name over HTTP."""
+
+    messages = frozenset({"INVALID_TOPIC", "INVALID_ARG_TOPIC", "INVALID_ARG_CHANNEL"})
+
+
+_HTTP_CLASS_BY_MESSAGE: dict[str, type[HTTPAPIError]] = {
+    message: cls for cls in (HTTPInvalidBodyError, HTTPInvalidNameError) for message in cls.messages
+}
+
+
+def error_from_http(method: str, url: str, status: int, message: str) -> HTTPAPIError:
+    """The typed error for a non-2xx HTTP API reply whose reason is ``message``."""
+    return _HTTP_CLASS_BY_MESSAGE.get(message, HTTPAPIError)(method, url, status, message)

@@ -49,6 +49,7 @@ __all__ = [
     "encode_fin",
     "encode_identify",
     "encode_mpub",
+    "encode_mpub_body",
     "encode_nop",
     "encode_pub",
     "encode_rdy",
@@ -196,6 +197,19 @@ def encode_mpub(
     body (``--max-body-size``).
     """
     check_topic_name(topic)
+    payload = encode_mpub_body(bodies, max_size, max_body_size)
+    return _with_body(b"MPUB %s\n" % topic.encode(), payload)
+
+
+def encode_mpub_body(
+    bodies: Iterable[bytes],
+    max_size: int | None = None,
+    max_body_size: int | None = None,
+) -> bytes:
+    """The body of an MPUB, ``[u32 count]([u32 len][bytes])*``, with every message checked.
+
+    TCP MPUB sends it after a size word; nsqd's HTTP ``/mpub?binary=true`` takes it as is.
+    """
     parts = [check_body(b, max_size) for b in bodies]
     if not parts:
         raise InvalidBodyError("MPUB needs at least one message")
@@ -208,7 +222,7 @@ def encode_mpub(
         raise InvalidBodyError(
             f"MPUB body of {len(payload)} bytes is above the maximum of {max_body_size} bytes"
         )
-    return _with_body(b"MPUB %s\n" % topic.encode(), payload)
+    return payload
 
 
 def encode_rdy(count: int) -> bytes:
