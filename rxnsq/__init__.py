@@ -1,9 +1,12 @@
 """rxnsq: a reactive-streams NSQ client on RxPY and tornado.
 
-Layers, bottom up: :mod:`rxnsq.protocol` (wire format, no IO), :mod:`rxnsq.errors` (one
-error tree), then connections, the Reader and the Writer built on them.
+Layers, bottom up: :mod:`rxnsq.protocol` (wire format, no IO) and :mod:`rxnsq.errors`;
+:mod:`rxnsq.connection` (one nsqd); :mod:`rxnsq.flow` (RDY and backoff as plain logic);
+:class:`Reader` (an ``Observable[Message]``), :mod:`rxnsq.ops` (ack-aware operators) and
+:class:`Writer` (awaitable publishes, an Observer sink, a publish operator).
 """
 
+from . import ops
 from ._version import __version__
 from .config import ConnectionOptions
 from .connection import Connection, ConnectionEvent, ConnectionState, NegotiationError
@@ -12,33 +15,57 @@ from .errors import (
     ConfigError,
     ConnectionClosedError,
     FrameError,
+    HTTPAPIError,
     InvalidBodyError,
     InvalidNameError,
+    LookupdError,
     NSQConnectionError,
     NSQError,
     ProtocolError,
     WrongPortError,
 )
+from .flow import BackoffState, ExponentialBackoff, FullJitterBackoff
+from .http import LookupdHTTPClient, NsqdHTTPClient
 from .message import Message
+from .ops import Batch, Failure
+from .reader import Reader, ReaderEvent
 from .sync import SyncConnection
+from .writer import Deferred, PublishAck, PublishResult, SinkOverflowError, Writer
 
 __all__ = [
     "AuthError",
+    "BackoffState",
+    "Batch",
     "ConfigError",
     "Connection",
     "ConnectionClosedError",
     "ConnectionEvent",
     "ConnectionOptions",
     "ConnectionState",
+    "Deferred",
+    "ExponentialBackoff",
+    "Failure",
     "FrameError",
+    "FullJitterBackoff",
+    "HTTPAPIError",
     "InvalidBodyError",
     "InvalidNameError",
+    "LookupdError",
+    "LookupdHTTPClient",
     "Message",
     "NSQConnectionError",
     "NSQError",
     "NegotiationError",
+    "NsqdHTTPClient",
     "ProtocolError",
+    "PublishAck",
+    "PublishResult",
+    "Reader",
+    "ReaderEvent",
+    "SinkOverflowError",
     "SyncConnection",
+    "Writer",
     "WrongPortError",
     "__version__",
+    "ops",
 ]

@@ -348,6 +348,7 @@ class Reader:
             poll_jitter=self.lookupd_poll_jitter,
             connect_timeout=self.lookupd_connect_timeout,
             request_timeout=self.lookupd_request_timeout,
+            auth_secret=self.connection_options.auth_secret,
             on_producers=self._on_producers,
             on_error=lambda exc: self._event("lookupd_error", detail=exc),
         )

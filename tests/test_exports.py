@@ -1,0 +1,32 @@
+"""The public surface: everything exported exists, is documented, and the package is typed."""
+
+from __future__ import annotations
+
+import importlib.resources
+import inspect
+
+import rxnsq
+
+
+def test_all_names_exist_and_are_documented() -> None:
+    for name in rxnsq.__all__:
+        obj = getattr(rxnsq, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj):
+            assert obj.__doc__, f"{name} has no docstring"
+
+
+def test_public_names_are_listed() -> None:
+    public = {n for n in vars(rxnsq) if not n.startswith("_")}
+    submodules = {n for n in public if inspect.ismodule(getattr(rxnsq, n))}
+    assert public - submodules - {"ops"} <= set(rxnsq.__all__)
+
+
+def test_py_typed_ships() -> None:
+    assert importlib.resources.files("rxnsq").joinpath("py.typed").is_file()
+
+
+def test_version_has_one_source() -> None:
+    from rxnsq._version import __version__
+
+    assert rxnsq.__version__ == __version__
+    assert rxnsq.ConnectionOptions().user_agent == f"rxnsq/{__version__}"

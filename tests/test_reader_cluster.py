@@ -1,0 +1,77 @@
+"""The Reader discovering several nsqd through nsqlookupd."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+import rxnsq.ops as nsq
+from rxnsq.reader import Reader
+from rxnsq.writer import Writer
+
+pytestmark = pytest.mark.nsqd
+
+
+async def wait_for(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := predicate()):
+        if loop.time() > deadline:
+            raise TimeoutError(f"condition not met in {timeout}s")
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def test_three_nsqd_then_a_fourth_all_drained_exactly(nsq_cluster) -> None:  # type: ignore[no-untyped-def]
+    n_per = 10_000
+    for index, nsqd in enumerate(nsq_cluster.nsqds):
+        writer = Writer(nsqd.tcp_address)
+        sink = writer.sink("spread")
+        for i in range(n_per):
+            sink.on_next(b"%d-%d" % (index, i))
+        sink.on_completed()
+        await asyncio.wait_for(sink.done, 30)
+        await writer.close()
+
+    reader = Reader(
+        "spread",
+        "all",
+        lookupd_http_addresses=nsq_cluster.lookupd_http_urls,
+        max_in_flight=300,
+        lookupd_poll_interval=0.5,
+        lookupd_poll_jitter=0.1,
+    )
+    seen: Counter[bytes] = Counter()
+    reader.messages.pipe(nsq.process(lambda body: seen.update([body]))).subscribe()
+    await wait_for(lambda: len(seen) == 3 * n_per)
+    assert len(reader.connections) == 3
+
+    fourth = await asyncio.to_thread(nsq_cluster.add_nsqd)
+    writer = Writer(fourth.tcp_address)
+    await writer.mpub("spread", [b"3-%d" % i for i in range(1000)])
+    await writer.close()
+    await wait_for(lambda: len(seen) == 3 * n_per + 1000)
+    assert fourth.tcp_address in reader.connections
+    await reader.close()
+
+    assert max(seen.values()) == 1  # exactly once: none lost, none twice
+    for nsqd in nsq_cluster.nsqds:
+        channel = nsqd.stats(topic="spread")["topics"][0]["channels"][0]
+        assert channel["depth"] == 0 and channel["in_flight_count"] == 0
+        assert channel["requeue_count"] == 0
+
+
+async def test_lookupd_without_the_topic_keeps_polling(nsq_cluster) -> None:  # type: ignore[no-untyped-def]
+    reader = Reader("later", "c", lookupd_http_addresses=nsq_cluster.lookupd_http_urls,
+                    lookupd_poll_interval=0.3, lookupd_poll_jitter=0)  # fmt: skip
+    got: list[bytes] = []
+    reader.messages.pipe(nsq.settle()).subscribe(lambda m: got.append(m.body))
+    await asyncio.sleep(0.5)
+    assert reader.connections == {}  # 404 TOPIC_NOT_FOUND means: nothing yet
+    writer = Writer(nsq_cluster.nsqds[0].tcp_address)
+    await writer.pub("later", b"finally")
+    await writer.close()
+    await wait_for(lambda: got == [b"finally"])
+    await reader.close()
