@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -144,6 +145,9 @@ class Reader:
         self._reconnect_delay: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poller: Any = None
+        self._recent_listings: deque[set[str]] = deque(
+            maxlen=max(1, len(self.lookupd_http_addresses))
+        )
         self._subscribers = 0
         self._started_by_subscription = False
         self._started = False
@@ -355,10 +359,21 @@ class Reader:
         self._poller.start()
 
     def _on_producers(self, producers: Sequence[Any]) -> None:
-        for producer in producers:
-            address = producer.tcp_address
+        listed = {producer.tcp_address for producer in producers}
+        for address in listed:
             if address not in self._conns and address not in self._connecting:
                 self._connect_soon(address)
+        # Each poll asks one lookupd: a producer has vanished only when none of the last
+        # answers (one per lookupd) lists it. Direct addresses are never dropped.
+        self._recent_listings.append(listed)
+        known = set().union(*self._recent_listings)
+        if len(self._recent_listings) < self._recent_listings.maxlen:  # type: ignore[operator]
+            return
+        for address, conn in list(self._conns.items()):
+            if address not in known and address not in self.nsqd_tcp_addresses:
+                logger.info("%s: no longer listed by nsqlookupd; disconnecting", address)
+                self._event("vanished", address)
+                self._spawn(conn.close(), f"rxnsq-drop {address}")
 
     def _apply_max_in_flight(self) -> None:
         if self._flow is not None:

@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 import rxnsq.ops as nsq
+from rxnsq.http import LookupdHTTPClient
 from rxnsq.reader import Reader
 from rxnsq.writer import Writer
 
@@ -74,4 +75,20 @@ async def test_lookupd_without_the_topic_keeps_polling(nsq_cluster) -> None:  # 
     await writer.pub("later", b"finally")
     await writer.close()
     await wait_for(lambda: got == [b"finally"])
+    await reader.close()
+
+
+async def test_a_producer_that_vanishes_from_lookupd_is_dropped(nsq_cluster) -> None:  # type: ignore[no-untyped-def]
+    for nsqd in nsq_cluster.nsqds:
+        nsqd.create_topic("gone")
+    reader = Reader("gone", "c", lookupd_http_addresses=nsq_cluster.lookupd_http_urls,
+                    lookupd_poll_interval=0.3, lookupd_poll_jitter=0)  # fmt: skip
+    reader.messages.pipe(nsq.settle()).subscribe()
+    await wait_for(lambda: len(reader.connections) == 3)
+    leaving = nsq_cluster.nsqds[0]
+    async with LookupdHTTPClient(nsq_cluster.lookupd_http_urls[0]) as lookupd:
+        await lookupd.tombstone_topic_producer("gone", f"127.0.0.1:{leaving.http_port}")
+    await wait_for(lambda: leaving.tcp_address not in reader.connections)
+    await asyncio.sleep(1.0)  # and it is not reconnected on later polls
+    assert set(reader.connections) == {n.tcp_address for n in nsq_cluster.nsqds[1:]}
     await reader.close()
