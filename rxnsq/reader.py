@@ -29,7 +29,7 @@ from reactivex.disposable import Disposable
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import BehaviorSubject, Subject
 
-from . import protocol
+from . import protocol, runner
 from .config import ConnectionOptions, address_list, check_range
 from .connection import Connection, ConnectionState, NegotiationError
 from .errors import AuthError, ConfigError, NSQConnectionError, NSQError, WrongPortError
@@ -154,6 +154,7 @@ class Reader:
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
         self.given_up = 0
+        runner.register(self)
 
     def __repr__(self) -> str:
         return (
@@ -190,6 +191,18 @@ class Reader:
         check_range("max_in_flight", max_in_flight, 0, 1 << 31, integer=True)
         self._max_in_flight = max_in_flight
         self._apply_max_in_flight()
+
+    def add_nsqd(self, address: str) -> None:
+        """Consume from one more nsqd, kept and reconnected like ``nsqd_tcp_addresses``."""
+        if address not in self.nsqd_tcp_addresses:
+            self.nsqd_tcp_addresses = (*self.nsqd_tcp_addresses, address)
+        if self._started and address not in self._conns and address not in self._connecting:
+            self._connect_soon(address)
+
+    def query_lookupd(self) -> None:
+        """Ask nsqlookupd for producers now instead of at the next poll."""
+        if self._poller is not None:
+            self._poller.query_now()
 
     def is_starved(self) -> bool:
         """Whether some connection has 85 % of its RDY in flight: time to flush a batch."""

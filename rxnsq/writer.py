@@ -24,7 +24,7 @@ from reactivex import abc
 from reactivex.disposable import Disposable
 from reactivex.subject import Subject
 
-from . import protocol
+from . import protocol, runner
 from .config import ConnectionOptions, address_list, check_range
 from .connection import Connection, ConnectionState
 from .errors import ConfigError, InvalidBodyError, NSQConnectionError, NSQError
@@ -41,6 +41,7 @@ DEFAULT_MAX_MSG_SIZE = 1024 * 1024
 DEFAULT_MAX_BODY_SIZE = 5 * 1024 * 1024
 
 Callback = Callable[[Connection | None, Any], Any]
+Command = Callable[[Connection], "asyncio.Future[bytes]"]
 
 
 class SinkOverflowError(NSQError):
@@ -134,6 +135,7 @@ class Writer:
         self._sinks: list[Sink] = []
         self._closing = False
         self.last_error: Exception | None = None
+        runner.register(self)
 
     def __repr__(self) -> str:
         return f"<Writer {self.name} up={sorted(self._conns)}>"
@@ -144,6 +146,13 @@ class Writer:
         return dict(self._conns)
 
     # --- connections -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to every nsqd now (publishing does it anyway); returns after the first
+        attempts, whether or not they succeeded."""
+        self._start()
+        if self._connecting:
+            await asyncio.wait(list(self._connecting.values()))
 
     def _start(self) -> None:
         if self._closing:
@@ -238,45 +247,59 @@ class Writer:
 
         ``callback(conn, data)`` (pynsq's form) gets the reply or the error as well.
         """
-        data = protocol.check_body(_to_bytes(body), self.max_msg_size)
-        protocol.check_topic_name(topic)
-        return await self._run(topic, 1, lambda c: c.pub(topic, data), callback)
+
+        def prepare() -> tuple[int, Command]:
+            protocol.check_topic_name(topic)
+            data = protocol.check_body(_to_bytes(body), self.max_msg_size)
+            return 1, lambda c: c.pub(topic, data)
+
+        return await self._run(topic, prepare, callback)
 
     async def mpub(
         self, topic: str, bodies: Iterable[bytes | str], callback: Callback | None = None
     ) -> bytes:
         """Publish several messages atomically in one MPUB; returns once nsqd confirmed."""
-        items = [protocol.check_body(_to_bytes(b), self.max_msg_size) for b in bodies]
-        protocol.check_topic_name(topic)
-        if not items:
-            raise InvalidBodyError("MPUB needs at least one message")
-        size = 4 + sum(4 + len(b) for b in items)
-        if size > self.max_body_size:
-            raise InvalidBodyError(
-                f"MPUB body of {size} bytes is above max_body_size {self.max_body_size}"
-            )
-        return await self._run(topic, len(items), lambda c: c.mpub(topic, items), callback)
+
+        def prepare() -> tuple[int, Command]:
+            protocol.check_topic_name(topic)
+            items = [protocol.check_body(_to_bytes(b), self.max_msg_size) for b in bodies]
+            if not items:
+                raise InvalidBodyError("MPUB needs at least one message")
+            size = 4 + sum(4 + len(b) for b in items)
+            if size > self.max_body_size:
+                raise InvalidBodyError(
+                    f"MPUB body of {size} bytes is above max_body_size {self.max_body_size}"
+                )
+            return len(items), lambda c: c.mpub(topic, items)
+
+        return await self._run(topic, prepare, callback)
 
     async def dpub(
         self, topic: str, body: bytes | str, delay: float, callback: Callback | None = None
     ) -> bytes:
         """Publish one message that nsqd delivers ``delay`` seconds from now."""
-        data = protocol.check_body(_to_bytes(body), self.max_msg_size)
-        protocol.check_topic_name(topic)
-        if delay < 0:
-            raise InvalidBodyError(f"DPUB delay must be >= 0 seconds, not {delay!r}")
-        return await self._run(topic, 1, lambda c: c.dpub(topic, delay, data), callback)
+
+        def prepare() -> tuple[int, Command]:
+            protocol.check_topic_name(topic)
+            data = protocol.check_body(_to_bytes(body), self.max_msg_size)
+            if delay < 0:
+                raise InvalidBodyError(f"DPUB delay must be >= 0 seconds, not {delay!r}")
+            return 1, lambda c: c.dpub(topic, delay, data)
+
+        return await self._run(topic, prepare, callback)
 
     async def _run(
         self,
         topic: str,
-        count: int,
-        command: Callable[[Connection], asyncio.Future[bytes]],
+        prepare: Callable[[], tuple[int, Command]],
         callback: Callback | None,
     ) -> bytes:
+        """Check the input (no IO for bad input), publish, and report the outcome once."""
         conn: Connection | None = None
+        count = 1
         started = asyncio.get_running_loop().time()
         try:
+            count, command = prepare()
             conn = await self._pick()
             future = command(conn)
             self._pending.add(future)
