@@ -175,7 +175,8 @@ def test_legacy_reader_with_tasks(daemons, run_example) -> None:  # type: ignore
     assert example.stop() == 0
 
 
-def test_run_drains_in_flight_messages_on_sigterm(nsqd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_run_drains_in_flight_messages_on_a_signal(nsqd, tmp_path: Path, signum: int) -> None:  # type: ignore[no-untyped-def]
     for i in range(20):
         nsqd.http_pub("drain", b"%d" % i)
     script = tmp_path / "slow.py"
@@ -201,7 +202,8 @@ def test_run_drains_in_flight_messages_on_sigterm(nsqd, tmp_path: Path) -> None:
     try:
         example.wait_output(lambda out: out.count("start") == 5)
         started = time.monotonic()
-        assert example.stop() == 0
+        proc.send_signal(signum)
+        assert proc.wait(timeout=40) == 0
         assert time.monotonic() - started >= 0.5  # it waited for the handlers
         out = example.output
         assert out.count("done") == 5 and "exited cleanly" in out
