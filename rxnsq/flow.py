@@ -192,7 +192,11 @@ class FlowController:
             if changed:
                 self._level -= 1
         elif backoff:
-            changed = self.backoff.interval(self._level + 1) <= self.max_backoff_duration
+            # rise while the wait is below the cap (the first step always counts, clamped):
+            # go-nsq would never back off when the first step alone is above the cap
+            changed = self.max_backoff_duration > 0 and (
+                self._level == 0 or self.backoff.interval(self._level) < self.max_backoff_duration
+            )
             if changed:
                 self._level += 1
         else:

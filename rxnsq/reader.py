@@ -192,6 +192,34 @@ class Reader:
         self._max_in_flight = max_in_flight
         self._apply_max_in_flight()
 
+    async def peek(self, count: int = 5, timeout: float = 5.0) -> list[Message[bytes]]:
+        """Up to ``count`` messages, each requeued at once: look at a topic, consume nothing.
+
+        Starts the reader (if needed) without tying its life to this call.
+        """
+        from .ops import peek
+
+        await self.start()
+        got: list[Message[bytes]] = []
+        done = asyncio.get_running_loop().create_future()
+        subscription = self.messages.pipe(peek(count)).subscribe(
+            on_next=got.append,
+            on_completed=lambda: done.done() or done.set_result(None),
+            on_error=lambda exc: done.done() or done.set_exception(exc),
+        )
+        try:
+            await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            subscription.dispose()
+        return got
+
+    def _repr_html_(self) -> str:
+        from .notebook import reader_html
+
+        return reader_html(self.stats())
+
     def add_nsqd(self, address: str) -> None:
         """Consume from one more nsqd, kept and reconnected like ``nsqd_tcp_addresses``."""
         if address not in self.nsqd_tcp_addresses:

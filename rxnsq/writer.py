@@ -145,6 +145,11 @@ class Writer:
         """The connections that are up, by address."""
         return dict(self._conns)
 
+    def _repr_html_(self) -> str:
+        from .notebook import writer_html
+
+        return writer_html(self.name, self._conns, self._sinks)
+
     # --- connections -------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -336,3 +336,13 @@ def test_full_jitter_stays_in_bounds() -> None:
     strategy = FullJitterBackoff(1.0, rng=random.Random(1))
     values = [strategy.interval(3) for _ in range(200)]
     assert all(0 <= v < 8 for v in values) and max(values) > 4
+
+
+def test_a_cap_below_the_first_step_still_backs_off_clamped() -> None:
+    flow, loop, wire, states = make(3, max_backoff_duration=0.5)  # first step would be 2 s
+    a = FakePeer("a")
+    flow.add(a)
+    wire.settle(flow, a, "REQ", True)
+    assert states[-1].level == 1 and states[-1].interval == 0.5
+    loop.advance(0.5)
+    assert wire.take()[-1] == "a: RDY 1"
