@@ -8,6 +8,7 @@ service would be, and must exit cleanly.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import signal
@@ -38,6 +39,18 @@ def blocks() -> list[tuple[str, str]]:
 BLOCKS = blocks()
 
 
+def expected_prints(code: str) -> list[str]:
+    """``print(x)  # 9900``: a literal in the comment is what the docs promise is printed."""
+    found = []
+    for match in re.finditer(r"print\(.*\)\s+#\s*(.+)$", code, re.MULTILINE):
+        try:
+            value = ast.literal_eval(match.group(1).strip())
+        except (ValueError, SyntaxError):
+            continue
+        found.append(str(value))
+    return found
+
+
 def test_the_docs_have_code_blocks() -> None:
     assert len(BLOCKS) >= 5
 
@@ -45,6 +58,7 @@ def test_the_docs_have_code_blocks() -> None:
 @pytest.mark.parametrize(("where", "code"), BLOCKS, ids=[w for w, _ in BLOCKS])
 def test_code_block_runs(where: str, code: str, nsqlookupd, nsqd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     nsqd = nsqd_factory(lookupd_tcp_addresses=[nsqlookupd.tcp_address])
+    original = code
     code = code.replace("127.0.0.1:4150", nsqd.tcp_address).replace(
         "127.0.0.1:4161", nsqlookupd.http_address
     )
@@ -53,6 +67,18 @@ def test_code_block_runs(where: str, code: str, nsqlookupd, nsqd_factory, tmp_pa
     for i, page in enumerate(["/", "/docs", "/", "/pricing"] * 5):
         nsqd.http_pub("pageviews", json.dumps({"page": page, "n": i}).encode())
     script = tmp_path / "block.py"
+    if re.search(r"^\S.*\bawait ", code, re.MULTILINE):
+        # notebook cells: top-level await, run inside a running loop as a kernel does
+        code = (
+            "import ast, asyncio\n"
+            f"SOURCE = {code!r}\n"
+            "async def main():\n"
+            "    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT\n"
+            "    result = eval(compile(SOURCE, 'cell', 'exec', flags=flags), {})\n"
+            "    if result is not None:\n"
+            "        await result\n"
+            "asyncio.run(main())\n"
+        )
     script.write_text(code)
     if re.search(r"^def test_", code, re.MULTILINE):
         result = subprocess.run(
@@ -75,6 +101,8 @@ def test_code_block_runs(where: str, code: str, nsqlookupd, nsqd_factory, tmp_pa
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, f"{where} failed:\n{output}"
+    for expected in expected_prints(original):
+        assert expected in output, f"{where}: expected {expected!r} in the output:\n{output}"
     if "pageviews" in code:
         assert "('/', 10)" in output, output  # all 20 events were counted
         wait_until(
