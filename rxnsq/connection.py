@@ -155,6 +155,8 @@ class Connection:
         self._last_read = 0.0
         self._drained: asyncio.Future[None] | None = None
         self._close_error: NSQError | None = None
+        #: Why the connection closed (a FrameError, an E_* error, a lost socket...).
+        self.close_reason: NSQError | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.address} {self.state.value} rdy={self.rdy_count}>"
@@ -626,21 +628,23 @@ class Connection:
             self._stream.close()
         pending = list(self._pending)
         self._pending.clear()
+        if isinstance(error, ConnectionClosedError):
+            pending_error = error
+        else:
+            pending_error = ConnectionClosedError(
+                f"{self.address}: not done, connection closed ({error})"
+            )
+            pending_error.__cause__ = error  # why it closed, typed (FrameError, E_* ...)
         for future in pending:
             if not future.done():
-                future.set_exception(
-                    error
-                    if isinstance(error, ConnectionClosedError)
-                    else ConnectionClosedError(
-                        f"{self.address}: not done, connection closed ({error})"
-                    )
-                )
+                future.set_exception(pending_error)
                 future.exception()  # a caller that gave up on it must not get a warning
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._outbox.clear()
         self._writable = False
         self.rdy_count = 0
+        self.close_reason = error
         self._set_state(ConnectionState.CLOSED)
         self._event("close", error)
         for subject in (self.messages, self.heartbeats, self.responses, self.errors, self.events):

@@ -133,6 +133,36 @@ def _report(stage: str, message: Message[Any], exc: BaseException, hook: ErrorHo
         )
 
 
+def _touch_interval(message: Message[Any], override: float | None) -> float:
+    """How often to TOUCH a held message: ``override``, else half the negotiated timeout."""
+    if override is not None:
+        return override
+    granted = getattr(message.connection, "identify_response", None)
+    timeout_ms = getattr(granted, "msg_timeout", 0) or 60000
+    return float(timeout_ms) / 2000
+
+
+def _keep_alive(
+    loop: asyncio.AbstractEventLoop, message: Message[Any], override: float | None
+) -> Callable[[], None]:
+    """TOUCH ``message`` every interval until the returned function is called."""
+    handle: asyncio.TimerHandle | None = None
+    interval = _touch_interval(message, override)
+
+    def touch() -> None:
+        nonlocal handle
+        if message.touch():
+            handle = loop.call_later(interval, touch)
+
+    handle = loop.call_later(interval, touch)
+
+    def stop() -> None:
+        if handle is not None:
+            handle.cancel()
+
+    return stop
+
+
 def _operator(
     on_next: Callable[[abc.ObserverBase[Any], Any], None],
 ) -> Operator:
@@ -220,11 +250,15 @@ def process_async(
     delay: float | None = None,
     on_error: ErrorHook | None = None,
     emit_failures: bool = False,
+    touch: bool = True,
+    touch_interval: float | None = None,
 ) -> Operator:
     """Like :func:`process` for a coroutine function, with at most ``concurrency`` running.
 
     Messages waiting for a slot stay in flight (they count against max_in_flight, which is
-    what bounds this stage's queue). Results are emitted in completion order.
+    what bounds this stage's queue). Results are emitted in completion order. While a call
+    runs its message is TOUCHed every ``touch_interval`` (default half the negotiated
+    msg_timeout), so slow work does not make nsqd redeliver it; ``touch=False`` turns that off.
     """
     if concurrency < 1:
         raise ConfigError("concurrency", concurrency, "an int >= 1")
@@ -241,10 +275,17 @@ def process_async(
             def start(message: Message[Any]) -> None:
                 task = loop.create_task(fn(message.value))  # type: ignore[arg-type]
                 running.add(task)
-                task.add_done_callback(lambda t: done(t, message))
+                stop_touching = _keep_alive(loop, message, touch_interval) if touch else None
+                task.add_done_callback(lambda t: done(t, message, stop_touching))
 
-            def done(task: asyncio.Task[Any], message: Message[Any]) -> None:
+            def done(
+                task: asyncio.Task[Any],
+                message: Message[Any],
+                stop_touching: Callable[[], None] | None,
+            ) -> None:
                 running.discard(task)
+                if stop_touching is not None:
+                    stop_touching()
                 if task.cancelled():
                     message.req(0, backoff=False)
                 elif (exc := task.exception()) is not None:
@@ -342,11 +383,7 @@ def batch(
                 timers["touch"] = loop.call_later(interval_for(current[0]), touch)
 
             def interval_for(message: Message[Any]) -> float:
-                if touch_interval is not None:
-                    return touch_interval
-                granted = getattr(message.connection, "identify_response", None)
-                timeout_ms = getattr(granted, "msg_timeout", 0) or 60000
-                return timeout_ms / 2000
+                return _touch_interval(message, touch_interval)
 
             def check(message: Message[Any]) -> bool:
                 consumer = getattr(message.connection, "consumer", None)

@@ -448,6 +448,8 @@ class Reader:
             await conn.close(0)
             raise
         except NSQError as exc:
+            if isinstance(exc.__cause__, NSQError):
+                exc = exc.__cause__  # the reason the connection closed, not just that it did
             self._connecting.discard(address)
             await conn.close(0)
             self._event("connect_failed", address, exc)
@@ -463,11 +465,16 @@ class Reader:
         if self._closing:
             await conn.close(0)
             return
+        if conn.closed:  # it died between SUB's OK and here: its states stream is over
+            reason = conn.close_reason or NSQConnectionError(f"{address}: closed")
+            self._event("connect_failed", address, reason)
+            self._schedule_reconnect(address)
+            return
         self._conns[address] = conn
         self._reconnect_delay.pop(address, None)
-        conn.states.subscribe(lambda state: self._on_state(conn, state))
         assert self._flow is not None
         self._flow.add(conn)
+        conn.states.subscribe(lambda state: self._on_state(conn, state))
         self._event("connected", address)
         if conn.max_rdy_count < self._max_in_flight:
             logger.warning(

@@ -196,6 +196,9 @@ class Writer:
         if self._closing:
             await conn.close(0)
             return
+        if conn.closed:  # it died right after the handshake
+            self._schedule_reconnect(address)
+            return
         self._conns[address] = conn
         self._delays.pop(address, None)
         conn.states.subscribe(lambda state: self._on_state(conn, state))

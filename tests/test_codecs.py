@@ -6,7 +6,7 @@ import os
 import zlib
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from rxnsq import errors
@@ -54,7 +54,6 @@ def test_deflate_level_is_checked() -> None:
 
 
 @pytest.mark.parametrize("make", [SnappyCodec, DeflateCodec, IdentityCodec])
-@settings(max_examples=60, deadline=None)
 @given(
     writes=st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=12),
     piece=st.integers(1, 500),
@@ -66,7 +65,6 @@ def test_round_trip_any_chunking(make, writes: list[bytes], piece: int) -> None:
 
 
 @pytest.mark.parametrize("make", [SnappyCodec, DeflateCodec])
-@settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=400))
 def test_garbage_gives_a_frame_error_or_bytes(make, data: bytes) -> None:  # type: ignore[no-untyped-def]
     try:

@@ -561,3 +561,12 @@ def test_identify_fields_are_integers() -> None:
     for key in ("client_id", "hostname", "feature_negotiation", "tls_v1", "snappy", "deflate"):
         assert key in fields
     assert all(not isinstance(v, float) for v in fields.values())
+
+
+async def test_subscribing_twice_is_a_clear_error(nsqd) -> None:  # type: ignore[no-untyped-def]
+    conn = await connect(nsqd.tcp_address)
+    await conn.subscribe("twice", "c")
+    with pytest.raises(errors.NSQConnectionError, match="already subscribed"):
+        await conn.subscribe("twice", "other")
+    assert conn.is_ready  # nothing was sent: nsqd would have closed the connection
+    await conn.close()

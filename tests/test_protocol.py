@@ -8,7 +8,7 @@ import json
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from rxnsq import errors, protocol
@@ -214,7 +214,6 @@ frames_strategy = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
 @given(frames=frames_strategy, cuts=st.lists(st.integers(0, 10_000), max_size=30))
 def test_round_trip_at_every_chunking(frames: list[tuple[int, bytes]], cuts: list[int]) -> None:
     stream = b"".join(frame_bytes(t, d) for t, d in frames)
@@ -231,7 +230,6 @@ def test_round_trip_at_every_chunking(frames: list[tuple[int, bytes]], cuts: lis
             assert protocol.encode_fin(raw.id).startswith(b"FIN ")
 
 
-@settings(max_examples=500, deadline=None)
 @given(data=st.binary(max_size=300), chunk=st.integers(1, 50))
 def test_arbitrary_bytes_give_frames_or_a_frame_error(data: bytes, chunk: int) -> None:
     reader = FrameReader(max_frame_size=1 << 20)
