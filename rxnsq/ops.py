@@ -342,7 +342,9 @@ def batch(
     body bytes, emitted when full or ``timespan`` seconds after the batch's first message.
 
     Never emits an empty batch. ``count`` must not exceed the reader's max_in_flight (a batch
-    that can never fill only closes on time). While a batch is open its messages are TOUCHed
+    that can never fill only closes on time); the batch is also emitted early when the reader
+    is starved (nsqd sends no more until messages are settled) or starts closing. While a
+    batch is open its messages are TOUCHed
     every ``touch_interval`` seconds (default: half the negotiated msg_timeout) so they do not
     time out. On completion the open batch is emitted; on dispose it is requeued.
     """
@@ -385,8 +387,15 @@ def batch(
             def interval_for(message: Message[Any]) -> float:
                 return _touch_interval(message, touch_interval)
 
+            consumer: Any = None
+            closing_subscription: abc.DisposableBase | None = None
+
             def check(message: Message[Any]) -> bool:
+                nonlocal consumer, closing_subscription
                 consumer = getattr(message.connection, "consumer", None)
+                closing = getattr(consumer, "closing", None)
+                if closing is not None:
+                    closing_subscription = closing.subscribe(on_next=lambda _: flush())
                 limit = getattr(consumer, "max_in_flight", None)
                 if limit and count > limit:
                     observer.on_error(
@@ -412,6 +421,8 @@ def batch(
                     timers["touch"] = loop.call_later(interval_for(message), touch)
                 if len(current) >= count or (max_bytes is not None and size >= max_bytes):
                     flush()
+                elif consumer is not None and consumer.is_starved():
+                    flush()  # nsqd will send no more until some are settled: do not wait
 
             def on_completed() -> None:
                 flush()
@@ -419,6 +430,8 @@ def batch(
 
             def dispose() -> None:
                 cancel_timers()
+                if closing_subscription is not None:
+                    closing_subscription.dispose()
                 for message in current:
                     message.req(0, backoff=False)
                 current.clear()

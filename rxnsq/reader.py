@@ -64,7 +64,9 @@ class Reader:
     ``max_backoff_duration`` (0 disables backoff) and ``backoff`` (a strategy);
     ``default_requeue_delay`` (per attempt) capped by ``max_requeue_delay``;
     ``reconnect_interval`` (first retry for a lost direct nsqd, doubling up to
-    ``lookupd_poll_interval``). Other keywords are connection options
+    ``lookupd_poll_interval``); ``lookupd_vanish_grace`` (how long an nsqd must be missing
+    from nsqlookupd's answers before its connection is closed). Other keywords are connection
+    options
     (:class:`~rxnsq.config.ConnectionOptions`).
     """
 
@@ -88,6 +90,7 @@ class Reader:
         max_requeue_delay: float = 900.0,
         redistribute_interval: float = 5.0,
         reconnect_interval: float = 1.0,
+        lookupd_vanish_grace: float = 60.0,
         giving_up: Callable[[Message[bytes]], Any] | None = None,
         **connection_options: Any,
     ) -> None:
@@ -111,6 +114,7 @@ class Reader:
         check_range("max_requeue_delay", max_requeue_delay, 0.0, 3600.0)
         check_range("redistribute_interval", redistribute_interval, 0.001, 3600.0)
         check_range("reconnect_interval", reconnect_interval, 0.001, 3600.0)
+        check_range("lookupd_vanish_grace", lookupd_vanish_grace, 0.0, 86400.0)
         self.connection_options = ConnectionOptions(**connection_options)
         self.max_tries = max_tries
         self.lookupd_poll_interval = lookupd_poll_interval
@@ -120,6 +124,7 @@ class Reader:
         self.default_requeue_delay = default_requeue_delay
         self.max_requeue_delay = max_requeue_delay
         self.reconnect_interval = reconnect_interval
+        self.lookupd_vanish_grace = lookupd_vanish_grace
         self.giving_up = giving_up
         self._max_in_flight = max_in_flight
         self._flow_options: dict[str, Any] = {
@@ -135,6 +140,9 @@ class Reader:
             BackoffState(0, 0.0, "normal")
         )
         self.events: Subject[ReaderEvent] = Subject()
+        #: Emits once, then completes, when ``close()`` begins: pipelines holding messages
+        #: (an open batch) can finish them now (``take_until(reader.closing)``).
+        self.closing: Subject[None] = Subject()
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self.scheduler: AsyncIOScheduler | None = None
@@ -148,6 +156,7 @@ class Reader:
         self._recent_listings: deque[set[str]] = deque(
             maxlen=max(1, len(self.lookupd_http_addresses))
         )
+        self._missing_since: dict[str, float] = {}
         self._subscribers = 0
         self._started_by_subscription = False
         self._started = False
@@ -262,6 +271,9 @@ class Reader:
     async def close(self, timeout: float = 30.0) -> None:
         """Stop gracefully: RDY 0, CLS, let in-flight messages settle for up to ``timeout``
         seconds, requeue the rest, close every connection and timer."""
+        if not self._closing:
+            self.closing.on_next(None)
+            self.closing.on_completed()
         if not self._started:
             self._closing = True
             self._subject.on_completed()
@@ -404,14 +416,25 @@ class Reader:
         for address in listed:
             if address not in self._conns and address not in self._connecting:
                 self._connect_soon(address)
-        # Each poll asks one lookupd: a producer has vanished only when none of the last
-        # answers (one per lookupd) lists it. Direct addresses are never dropped.
+        # Each poll asks one lookupd: a producer is missing only when none of the last answers
+        # (one per lookupd) lists it, and it is dropped once it has been missing for
+        # ``lookupd_vanish_grace`` seconds (a restarted lookupd knows an nsqd again only after
+        # the nsqd's next registration). Direct addresses are never dropped.
         self._recent_listings.append(listed)
-        known = set().union(*self._recent_listings)
         if len(self._recent_listings) < self._recent_listings.maxlen:  # type: ignore[operator]
             return
+        known = set().union(*self._recent_listings)
+        assert self._loop is not None
+        now = self._loop.time()
+        for address in list(self._missing_since):
+            if address in known or address not in self._conns:
+                del self._missing_since[address]
         for address, conn in list(self._conns.items()):
-            if address not in known and address not in self.nsqd_tcp_addresses:
+            if address in known or address in self.nsqd_tcp_addresses:
+                continue
+            since = self._missing_since.setdefault(address, now)
+            if now - since >= self.lookupd_vanish_grace:
+                del self._missing_since[address]
                 logger.info("%s: no longer listed by nsqlookupd; disconnecting", address)
                 self._event("vanished", address)
                 self._spawn(conn.close(), f"rxnsq-drop {address}")

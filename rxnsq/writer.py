@@ -79,12 +79,13 @@ class PublishResult(Generic[T]):
     error: Exception | None = None
 
     def settle(self) -> None:
-        """For a consumed message: FIN when its republish was confirmed, REQ otherwise."""
+        """For a consumed message: FIN when its republish was confirmed, otherwise REQ with
+        one backoff step, so a destination outage slows consumption instead of spinning."""
         if isinstance(self.item, Message):
             if self.ok:
                 self.item.fin()
             else:
-                self.item.req(backoff=False)
+                self.item.req(backoff=True)  # the destination is in trouble: slow down
 
 
 def _to_bytes(body: bytes | str | bytearray | memoryview) -> bytes:
@@ -134,6 +135,7 @@ class Writer:
         self._pending: set[asyncio.Future[Any]] = set()
         self._sinks: list[Sink] = []
         self._closing = False
+        self._close_started = False
         self.last_error: Exception | None = None
         runner.register(self)
 
@@ -144,6 +146,11 @@ class Writer:
     def connections(self) -> dict[str, Connection]:
         """The connections that are up, by address."""
         return dict(self._conns)
+
+    @property
+    def closing(self) -> bool:
+        """True once ``close()`` has begun: stop feeding the writer."""
+        return self._closing or self._close_started
 
     def _repr_html_(self) -> str:
         from .notebook import writer_html
@@ -442,8 +449,9 @@ class Writer:
     async def close(self, timeout: float = 30.0) -> None:
         """Flush sinks, wait up to ``timeout`` seconds for pending confirmations, then close
         every connection. Publishing afterwards raises."""
-        if self._closing:
+        if self._closing or self._close_started:
             return
+        self._close_started = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for sink in self._sinks:

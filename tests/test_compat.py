@@ -10,34 +10,16 @@ import pytest
 
 import rxnsq.compat as nsq
 from rxnsq.compat.backoff_timer import BackoffTimer, PynsqBackoff
-from rxnsq.testing import NsqdProcess
+from rxnsq.testing import NsqdProcess, eventually
 
 pytestmark = pytest.mark.nsqd
 
 
-async def wait_for(predicate: Any, timeout: float = 20.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := predicate()):
-        if loop.time() > deadline:
-            raise TimeoutError(f"condition not met in {timeout}s")
-        await asyncio.sleep(0.05)
-    return value
-
-
-def channel(nsqd: NsqdProcess, topic: str, name: str = "c") -> dict[str, Any]:
-    for t in nsqd.stats(topic=topic)["topics"] or []:
-        for c in t["channels"]:
-            if c["channel_name"] == name:
-                return c  # type: ignore[no-any-return]
-    return {}
-
-
 async def settled(nsqd: NsqdProcess, topic: str, count: int) -> dict[str, Any]:
     """Wait until ``count`` messages went through the channel and none is in flight."""
-    return await wait_for(
+    return await eventually(
         lambda: (
-            (c := channel(nsqd, topic))
+            (c := nsqd.channel_stats(topic, "c"))
             and c["message_count"] >= count
             and c["in_flight_count"] == 0
             and c
@@ -59,8 +41,8 @@ async def test_true_finishes_false_requeues_with_backoff(nsqd) -> None:  # type:
     levels: list[int] = []
     reader.reader.backoff.subscribe(lambda s: levels.append(s.level))
     stats = await settled(nsqd, "hs", 3)
-    await wait_for(lambda: (b"no", 2) in seen)
-    stats = channel(nsqd, "hs")
+    await eventually(lambda: (b"no", 2) in seen)
+    stats = nsqd.channel_stats("hs", "c")
     assert stats["requeue_count"] == 1 and stats["depth"] == 0
     assert max(levels) >= 1  # False backed off
     await reader.close()
@@ -79,7 +61,7 @@ async def test_exception_requeues_and_none_finishes(nsqd, caplog) -> None:  # ty
 
     reader = nsq.Reader("ex", "c", message_handler=handler, nsqd_tcp_addresses=nsqd.tcp_address,
                         max_in_flight=2, max_backoff_duration=0.2, requeue_delay=0)  # fmt: skip
-    await wait_for(lambda: attempts.get(b"boom") == 2)
+    await eventually(lambda: attempts.get(b"boom") == 2)
     stats = await settled(nsqd, "ex", 2)
     assert attempts[b"none"] == 1  # None finished it: not redelivered
     assert stats["requeue_count"] == 1 and stats["depth"] == 0
@@ -98,7 +80,7 @@ async def test_max_tries_calls_giving_up_then_finishes(nsqd) -> None:  # type: i
     reader = MyReader("mt", "c", message_handler=lambda m: False, max_tries=2,
                       nsqd_tcp_addresses=nsqd.tcp_address, max_backoff_duration=0.05,
                       requeue_delay=0)  # fmt: skip
-    await wait_for(lambda: given_up)
+    await eventually(lambda: given_up)
     stats = await settled(nsqd, "mt", 1)
     assert given_up[0].attempts == 3 and given_up[0].body == b"poison"
     assert stats["depth"] == 0 and stats["requeue_count"] == 2
@@ -116,9 +98,9 @@ async def test_enable_async_messages_are_settled_later(nsqd) -> None:  # type: i
 
     reader = nsq.Reader("as", "c", message_handler=handler, nsqd_tcp_addresses=nsqd.tcp_address,
                         max_in_flight=4)  # fmt: skip
-    await wait_for(lambda: len(held) == 4)
+    await eventually(lambda: len(held) == 4)
     await asyncio.sleep(0.3)
-    assert channel(nsqd, "as")["in_flight_count"] == 4  # nothing settled by the reader
+    assert nsqd.channel_stats("as", "c")["in_flight_count"] == 4  # nothing settled by the reader
     assert all(m.is_async() and not m.has_responded() for m in held)
     for message in held:
         message.touch()
@@ -141,7 +123,7 @@ async def test_coroutine_handler_result_decides(nsqd) -> None:  # type: ignore[n
 
     reader = nsq.Reader("co", "c", message_handler=handler, nsqd_tcp_addresses=nsqd.tcp_address,
                         max_in_flight=2, max_backoff_duration=0.2, requeue_delay=0)  # fmt: skip
-    await wait_for(lambda: (b"retry", 2) in seen)
+    await eventually(lambda: (b"retry", 2) in seen)
     stats = await settled(nsqd, "co", 2)
     assert stats["requeue_count"] == 1 and stats["depth"] == 0
     await reader.close()
@@ -171,7 +153,7 @@ async def test_hooks_preprocess_validate_heartbeat(nsqd) -> None:  # type: ignor
                     max_in_flight=2, heartbeat_interval=1)  # fmt: skip
     stats = await settled(nsqd, "hk", 2)
     assert handled == [{"keep": True}] and stats["depth"] == 0
-    await wait_for(lambda: beats, timeout=5)
+    await eventually(lambda: beats, timeout=5)
     await reader.close()
 
 
@@ -184,19 +166,19 @@ async def test_set_max_in_flight_and_is_starved(nsqd) -> None:  # type: ignore[n
 
     reader = nsq.Reader("st", "c", message_handler=handler, nsqd_tcp_addresses=nsqd.tcp_address,
                         max_in_flight=4)  # fmt: skip
-    await wait_for(lambda: reader.conns)
+    await eventually(lambda: reader.conns)
     reader.set_max_in_flight(0)
-    await wait_for(lambda: channel(nsqd, "st")["clients"][0]["ready_count"] == 0)
+    await eventually(lambda: nsqd.channel_stats("st", "c")["clients"][0]["ready_count"] == 0)
     for i in range(10):
         nsqd.http_pub("st", b"%d" % i)
     await asyncio.sleep(0.3)
     assert held == [] and reader.total_rdy == 0
     reader.set_max_in_flight(4)
-    await wait_for(lambda: len(held) == 4)
+    await eventually(lambda: len(held) == 4)
     assert reader.is_starved()
     for message in held:
         message.finish()
-    await wait_for(lambda: len(held) == 8)
+    await eventually(lambda: len(held) == 8)
     for message in held[4:]:
         message.finish()
     await reader.close()
@@ -232,18 +214,18 @@ async def test_async_conn_events(nsqd) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(nsq.event.InvalidListenerError):
         conn.off("response", listener)
     conn.connect()
-    await wait_for(lambda: "ready" in events)
+    await eventually(lambda: "ready" in events)
     assert events[:4] == ["connect", "identify", "identify_response", "ready"]
     conn.send(nsq.subscribe("ev", "c"))
     conn.send_rdy(1)
     nsqd.http_pub("ev", b"hello")
-    await wait_for(lambda: messages)
+    await eventually(lambda: messages)
     assert messages[0].body == b"hello" and conn.in_flight == 1
     messages[0].finish()
-    await wait_for(lambda: conn.in_flight == 0)
-    await wait_for(lambda: "heartbeat" in events, timeout=5)
+    await eventually(lambda: conn.in_flight == 0)
+    await eventually(lambda: "heartbeat" in events, timeout=5)
     conn.close()
-    await wait_for(lambda: "close" in events)
+    await eventually(lambda: "close" in events)
 
 
 def test_backoff_timer_math() -> None:
@@ -299,7 +281,12 @@ async def test_legacy_reader_positional_and_deprecated(nsqd) -> None:  # type: i
     nsqd.create_channel("lg", "ch.b")
     nsqd.http_pub("lg", b"x")
     for name in ("ch.a", "ch.b"):
-        await wait_for(lambda n=name: (c := channel(nsqd, "lg", n)) and c["message_count"] == 1
-                       and c["in_flight_count"] == 0)  # fmt: skip
+        await eventually(
+            lambda n=name: (
+                (c := nsqd.channel_stats("lg", n))
+                and c["message_count"] == 1
+                and c["in_flight_count"] == 0
+            )
+        )
     legacy.close()
     await asyncio.gather(*(r.reader.close() for r in legacy.readers))

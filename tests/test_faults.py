@@ -16,29 +16,11 @@ import rxnsq.ops as nsq
 from rxnsq import errors
 from rxnsq.connection import Connection
 from rxnsq.reader import Reader
-from rxnsq.testing import wait_until
+from rxnsq.testing import eventually, wait_until
 from rxnsq.testing.faults import FaultyProxy, ScriptedPeer, frame
 from rxnsq.writer import Writer
 
 pytestmark = pytest.mark.nsqd
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := predicate()):
-        if loop.time() > deadline:
-            raise TimeoutError(f"condition not met in {timeout}s")
-        await asyncio.sleep(0.05)
-    return value
-
-
-def channel(nsqd: Any, topic: str, name: str = "c") -> dict[str, Any]:
-    for t in nsqd.stats(topic=topic)["topics"] or []:
-        for c in t["channels"]:
-            if c["channel_name"] == name:
-                return c  # type: ignore[no-any-return]
-    return {}
 
 
 async def publish(address: str, topic: str, bodies: list[bytes]) -> None:
@@ -81,11 +63,11 @@ async def test_nsqd_restarted_while_consuming(nsqd_factory, how: str) -> None:  
         return tally(body)
 
     reader.messages.pipe(nsq.process_async(slow, concurrency=50)).subscribe()
-    await wait_for(lambda: len(tally.seen) > 500)
+    await eventually(lambda: len(tally.seen) > 500)
     await asyncio.to_thread(nsqd.stop if how == "SIGTERM" else nsqd.kill)
     await asyncio.to_thread(nsqd.restart)
-    await wait_for(lambda: channel(nsqd, "kc").get("depth", 1) == 0, timeout=60)
-    await wait_for(lambda: channel(nsqd, "kc")["in_flight_count"] == 0, timeout=30)
+    await eventually(lambda: nsqd.channel_stats("kc", "c").get("depth", 1) == 0, timeout=60)
+    await eventually(lambda: nsqd.channel_stats("kc", "c")["in_flight_count"] == 0, timeout=30)
     await reader.close()
     lost = set(bodies) - set(tally.seen)
     if how == "SIGTERM":
@@ -117,7 +99,7 @@ async def test_nsqd_killed_while_publishing(nsqd_factory) -> None:  # type: igno
 
     bodies = [b"p%d" % i for i in range(2000)]
     tasks = [asyncio.create_task(one(b)) for b in bodies]
-    await wait_for(lambda: len(confirmed) > 300)
+    await eventually(lambda: len(confirmed) > 300)
     await asyncio.to_thread(nsqd.kill)
     await asyncio.gather(*tasks)
     await asyncio.to_thread(nsqd.restart)
@@ -126,8 +108,8 @@ async def test_nsqd_killed_while_publishing(nsqd_factory) -> None:  # type: igno
     tally = Tally()
     reader = Reader("kp", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=200)
     reader.messages.pipe(nsq.process(tally)).subscribe()
-    await wait_for(lambda: channel(nsqd, "kp")["depth"] == 0, timeout=30)
-    await wait_for(lambda: channel(nsqd, "kp")["in_flight_count"] == 0)
+    await eventually(lambda: nsqd.channel_stats("kp", "c")["depth"] == 0, timeout=30)
+    await eventually(lambda: nsqd.channel_stats("kp", "c")["in_flight_count"] == 0)
     await reader.close()
     lost = set(confirmed) - set(tally.seen)
     # nsqd writes a message to its disk queue before it answers OK; with --sync-every=1 the
@@ -151,18 +133,22 @@ async def test_lookupd_down_at_start_and_mid_run(nsq_cluster_factory, nsqd_facto
     await asyncio.to_thread(down.stop)  # one lookupd is down from the start
     tally = Tally()
     reader = Reader("ld", "c", lookupd_http_addresses=cluster.lookupd_http_urls,
-                    lookupd_poll_interval=0.2, lookupd_poll_jitter=0)  # fmt: skip
+                    lookupd_poll_interval=0.2, lookupd_poll_jitter=0,
+                    max_in_flight=10)  # fmt: skip
     reader.messages.pipe(nsq.process(tally)).subscribe()
-    await wait_for(lambda: len(reader.connections) == 2)
+    await eventually(lambda: len(reader.connections) == 2)
     await asyncio.to_thread(up.stop)  # now none answers: existing connections keep working
     await publish(cluster.nsqds[0].tcp_address, "ld", [b"a%d" % i for i in range(200)])
-    await wait_for(lambda: len(tally.seen) == 200)
+    await eventually(lambda: len(tally.seen) == 200)
     assert len(reader.connections) == 2
     await asyncio.to_thread(up.restart)
     third = nsqd_factory(lookupd_tcp_addresses=[up.tcp_address])  # registers with `up`
     await publish(third.tcp_address, "ld", [b"b%d" % i for i in range(200)])
-    await wait_for(lambda: len(tally.seen) == 400)  # discovery recovered
+    await eventually(lambda: len(tally.seen) == 400)  # discovery recovered
     assert third.tcp_address in reader.connections
+    # the restarted lookupd does not list the first two yet (they re-register on their next
+    # ping): their connections are kept through the vanish grace period
+    assert all(n.tcp_address in reader.connections for n in cluster.nsqds)
     await reader.close()
     REPORT["nsqlookupd down at start and mid-run"] = {
         "sent": 400, "confirmed": 400, "consumed": len(tally.seen),
@@ -177,11 +163,11 @@ async def test_one_nsqd_of_three_lost_for_good(nsq_cluster) -> None:  # type: ig
     reader = Reader("lost", "c", lookupd_http_addresses=nsq_cluster.lookupd_http_urls,
                     max_in_flight=30, lookupd_poll_interval=0.3)  # fmt: skip
     reader.messages.pipe(nsq.process_async(_echo(tally))).subscribe()
-    await wait_for(lambda: len(reader.connections) == 3)
+    await eventually(lambda: len(reader.connections) == 3)
     gone = nsq_cluster.nsqds[0]
     await asyncio.to_thread(gone.kill)
     survivors = {b"%d-%d" % (i, n) for i in (1, 2) for n in range(300)}
-    await wait_for(lambda: survivors <= set(tally.seen), timeout=60)
+    await eventually(lambda: survivors <= set(tally.seen), timeout=60)
     assert gone.tcp_address not in reader.connections
     await reader.close()
     REPORT["one nsqd of three killed for good"] = {
@@ -210,12 +196,12 @@ async def test_stalled_connection_is_replaced(nsqd) -> None:  # type: ignore[no-
     reader.messages.pipe(nsq.process(tally)).subscribe()
     await reader.start()
     await publish(nsqd.tcp_address, "st", [b"before"])
-    await wait_for(lambda: tally.seen)
+    await eventually(lambda: tally.seen)
     proxy.stall()  # nothing flows, nothing closes
-    await wait_for(lambda: proxy.connections >= 2, timeout=10)  # dead after 2 silent beats
+    await eventually(lambda: proxy.connections >= 2, timeout=10)  # dead after 2 silent beats
     proxy.resume()
     await publish(nsqd.tcp_address, "st", [b"after"])
-    await wait_for(lambda: b"after" in tally.seen, timeout=15)
+    await eventually(lambda: b"after" in tally.seen, timeout=15)
     await reader.close()
     await proxy.close()
     REPORT["stalled network (no FIN/RST)"] = {
@@ -234,7 +220,7 @@ async def test_cut_mid_frame_is_handled(nsqd) -> None:  # type: ignore[no-untype
     await reader.start()
     proxy.cut_mid_frame(after=10)  # the next chunk from nsqd stops inside a frame
     await publish(nsqd.tcp_address, "cut", bodies)
-    await wait_for(lambda: set(bodies) <= set(tally.seen), timeout=30)
+    await eventually(lambda: set(bodies) <= set(tally.seen), timeout=30)
     assert proxy.connections >= 2
     await reader.close()
     await proxy.close()
@@ -255,7 +241,7 @@ async def test_publishes_pending_on_a_cut_connection_fail(nsqd) -> None:  # type
     proxy.cut()
     results = await asyncio.gather(*pending, return_exceptions=True)
     assert all(isinstance(r, errors.ConnectionClosedError) for r in results)
-    assert channel(nsqd, "pc")["depth"] == 0  # and indeed none was published
+    assert nsqd.channel_stats("pc", "c")["depth"] == 0  # and indeed none was published
     await proxy.close()
     REPORT["publishes pending on a cut connection"] = {
         "sent": 50, "confirmed": 0, "consumed": 0, "duplicates": 0, "lost": 0,
@@ -277,8 +263,10 @@ async def test_work_longer_than_msg_timeout_is_kept_alive(nsqd_factory) -> None:
         done.append(body)
 
     reader.messages.pipe(nsq.process_async(slow)).subscribe()
-    await wait_for(lambda: len(done) == 3, timeout=20)
-    stats = await wait_for(lambda: (c := channel(nsqd, "slowwork"))["in_flight_count"] == 0 and c)
+    await eventually(lambda: len(done) == 3, timeout=20)
+    stats = await eventually(
+        lambda: (c := nsqd.channel_stats("slowwork", "c"))["in_flight_count"] == 0 and c
+    )
     assert (
         stats["timeout_count"] == 0
         and stats["requeue_count"] == 0
@@ -306,11 +294,11 @@ async def test_redelivery_after_timeout_does_not_surface_errors(nsqd_factory) ->
     reader.messages.pipe(nsq.process_async(slow_untouched, touch=False)).subscribe(
         on_error=failures.append
     )
-    await wait_for(lambda: len(attempts) >= 2, timeout=15)
-    await wait_for(lambda: channel(nsqd, "late")["in_flight_count"] == 0, timeout=15)
+    await eventually(lambda: len(attempts) >= 2, timeout=15)
+    await eventually(lambda: nsqd.channel_stats("late", "c")["in_flight_count"] == 0, timeout=15)
     await asyncio.sleep(0.5)
     assert failures == []  # the late FIN's E_FIN_FAILED is logged, not raised
-    assert channel(nsqd, "late")["depth"] == 0
+    assert nsqd.channel_stats("late", "c")["depth"] == 0
     await reader.close()
 
 
@@ -323,10 +311,10 @@ async def test_ten_nsqd_with_max_in_flight_five_are_all_drained(nsqd_factory) ->
                     max_in_flight=5, low_rdy_idle_timeout=0.3,
                     redistribute_interval=0.1)  # fmt: skip
     reader.messages.pipe(nsq.process(tally)).subscribe()
-    await wait_for(lambda: len(tally.seen) == 500, timeout=60)
+    await eventually(lambda: len(tally.seen) == 500, timeout=60)
     await reader.close()
     for nsqd in nodes:
-        assert channel(nsqd, "many")["depth"] == 0
+        assert nsqd.channel_stats("many", "c")["depth"] == 0
     REPORT["10 nsqd, max_in_flight 5"] = {
         "sent": 500, "confirmed": 500, "consumed": len(tally.seen),
         "duplicates": tally.duplicates, "lost": 500 - len(tally.seen),
@@ -368,10 +356,10 @@ async def test_hostile_peer_gives_a_typed_error_and_the_reader_retries(case: str
     await reader.start()
     if case == "HTTP reply":
         # a wrong port is a configuration error: no reconnect can fix it, the stream fails
-        await wait_for(lambda: any(isinstance(e, errors.WrongPortError) for e in events))
+        await eventually(lambda: any(isinstance(e, errors.WrongPortError) for e in events))
         note = "WrongPortError ('give the TCP port'); the messages stream fails, no retry loop"
     else:
-        await wait_for(lambda: peer.accepted >= 3, timeout=10)  # it keeps trying, no crash
+        await eventually(lambda: peer.accepted >= 3, timeout=10)  # it keeps trying, no crash
     await reader.close()
     await peer.close()
     problems = [e.detail for e in events if getattr(e, "kind", "") == "connect_failed"]
@@ -406,7 +394,7 @@ async def test_hostile_peer_after_subscribe_is_survived(nsqd) -> None:  # type: 
     reader.events.subscribe(events.append)
     reader.messages.subscribe()
     await reader.start()
-    await wait_for(lambda: peer.accepted >= 3, timeout=10)
+    await eventually(lambda: peer.accepted >= 3, timeout=10)
     assert [e for e in events if e.kind == "disconnected"]
     await reader.close()
     await peer.close()

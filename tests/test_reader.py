@@ -7,7 +7,6 @@ import json
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 from reactivex import operators as rx_ops
@@ -18,6 +17,7 @@ from rxnsq.connection import Connection
 from rxnsq.flow import BackoffState, ExponentialBackoff
 from rxnsq.message import Message
 from rxnsq.reader import Reader
+from rxnsq.testing import eventually
 
 pytestmark = pytest.mark.nsqd
 
@@ -29,26 +29,6 @@ async def publish(address: str, topic: str, bodies: Sequence[bytes], chunk: int 
         *(conn.mpub(topic, bodies[i : i + chunk]) for i in range(0, len(bodies), chunk))
     )
     await conn.close()
-
-
-def channel_stats(nsqd: Any, topic: str, channel: str) -> dict[str, Any]:
-    for t in nsqd.stats(topic=topic)["topics"] or []:
-        for c in t["channels"]:
-            if c["channel_name"] == channel:
-                return c  # type: ignore[no-any-return]
-    return {}
-
-
-async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise TimeoutError(f"condition not met in {timeout}s (last {value!r})")
-        await asyncio.sleep(interval)
 
 
 def bodies(n: int, prefix: str = "m") -> list[bytes]:
@@ -93,7 +73,7 @@ async def test_pipeline_processes_everything_once(nsqd) -> None:  # type: ignore
     await asyncio.wait_for(done, 30)
     await reader.close()
     assert len(seen) == 2000 and max(seen.values()) == 1
-    stats = channel_stats(nsqd, "pipe", "c")
+    stats = nsqd.channel_stats("pipe", "c")
     assert stats["depth"] == 0 and stats["in_flight_count"] == 0
     assert stats["message_count"] == 2000 and stats["requeue_count"] == 0
     assert reader.connections == {}
@@ -107,7 +87,7 @@ async def test_messages_is_hot_and_shared(nsqd) -> None:  # type: ignore[no-unty
     sub_b = reader.messages.pipe(nsq.settle()).subscribe(lambda m: b.append(m.body))
     await reader.start()
     await publish(nsqd.tcp_address, "shared", bodies(20))
-    await wait_for(lambda: len(b) == 20)
+    await eventually(lambda: len(b) == 20)
     assert sorted(a) == sorted(b)
     clients = nsqd.stats(topic="shared")["topics"][0]["channels"][0]["clients"]
     assert len(clients) == 1  # one SUB however many subscribers
@@ -126,8 +106,8 @@ async def test_inside_a_running_loop_with_await(nsqd) -> None:  # type: ignore[n
     assert len(got) == 3
     await reader.close()  # already closing after the last dispose; waits for it
     # the 3 were finished, the rest (delivered or not) are back in the channel
-    stats = await wait_for(
-        lambda: (s := channel_stats(nsqd, "nb", "c"))["in_flight_count"] == 0 and s
+    stats = await eventually(
+        lambda: (s := nsqd.channel_stats("nb", "c"))["in_flight_count"] == 0 and s
     )
     assert stats["depth"] == 7
 
@@ -138,8 +118,8 @@ async def test_peek_consumes_nothing(nsqd) -> None:  # type: ignore[no-untyped-d
     got = await reader.messages.pipe(nsq.peek(2), rx_ops.to_list())
     assert len(got) == 2
     await reader.close()
-    stats = await wait_for(
-        lambda: (s := channel_stats(nsqd, "peek", "c"))["in_flight_count"] == 0 and s
+    stats = await eventually(
+        lambda: (s := nsqd.channel_stats("peek", "c"))["in_flight_count"] == 0 and s
     )
     assert stats["depth"] == 5
 
@@ -163,7 +143,7 @@ async def test_slow_async_stage_never_exceeds_max_in_flight(nsqd) -> None:  # ty
         while len(done) < 300:
             peak["client"] = max(peak["client"], unsettled())
             peak["nsqd"] = max(
-                peak["nsqd"], channel_stats(nsqd, "slow", "c").get("in_flight_count", 0)
+                peak["nsqd"], nsqd.channel_stats("slow", "c").get("in_flight_count", 0)
             )
             await asyncio.sleep(0.02)
 
@@ -207,7 +187,7 @@ async def test_batches_with_failures_are_retried_and_backoff_shows_on_the_wire(n
 
     async def watch() -> None:
         while len(done) < n:
-            clients = channel_stats(nsqd, "win", "c").get("clients") or []
+            clients = nsqd.channel_stats("win", "c").get("clients") or []
             ready_counts.extend(c["ready_count"] for c in clients)
             await asyncio.sleep(0.02)
 
@@ -215,7 +195,7 @@ async def test_batches_with_failures_are_retried_and_backoff_shows_on_the_wire(n
     await reader.close()
     assert done == set(range(n))
     assert calls["failed"] == 3
-    stats = channel_stats(nsqd, "win", "c")
+    stats = nsqd.channel_stats("win", "c")
     assert stats["depth"] == 0 and stats["in_flight_count"] == 0
     assert stats["requeue_count"] >= 300  # three batches of 100 came back
     # backoff on the wire: RDY dropped to 0 and came back up to max_in_flight
@@ -231,13 +211,13 @@ async def test_pause_and_resume(nsqd) -> None:  # type: ignore[no-untyped-def]
     reader.messages.pipe(nsq.settle()).subscribe(lambda m: got.append(m.body))
     await reader.start()
     reader.set_max_in_flight(0)
-    await wait_for(lambda: channel_stats(nsqd, "pause", "c").get("clients"))
-    await wait_for(lambda: channel_stats(nsqd, "pause", "c")["clients"][0]["ready_count"] == 0)
+    await eventually(lambda: nsqd.channel_stats("pause", "c").get("clients"))
+    await eventually(lambda: nsqd.channel_stats("pause", "c")["clients"][0]["ready_count"] == 0)
     await publish(nsqd.tcp_address, "pause", bodies(30))
     await asyncio.sleep(0.5)
     assert got == []
     reader.set_max_in_flight(10)
-    await wait_for(lambda: len(got) == 30)
+    await eventually(lambda: len(got) == 30)
     await reader.close()
 
 
@@ -246,7 +226,7 @@ async def test_close_leaves_nothing_behind(nsqd) -> None:  # type: ignore[no-unt
     reader = Reader("cl", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=10)
     held: list[Message[bytes]] = []
     reader.messages.subscribe(held.append)  # never settles: close must requeue
-    await wait_for(lambda: len(held) == 10)
+    await eventually(lambda: len(held) == 10)
     before = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
     await reader.close(timeout=0.3)
     assert all(m.outcome == "req" for m in held)
@@ -254,8 +234,8 @@ async def test_close_leaves_nothing_behind(nsqd) -> None:  # type: ignore[no-unt
     leftover = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
     assert not {t for t in leftover if "rxnsq" in t.get_name()}
     assert len(leftover) <= len(before)
-    stats = await wait_for(
-        lambda: (s := channel_stats(nsqd, "cl", "c"))["in_flight_count"] == 0 and s
+    stats = await eventually(
+        lambda: (s := nsqd.channel_stats("cl", "c"))["in_flight_count"] == 0 and s
     )
     assert stats["depth"] == 50 and not stats["clients"]
 
@@ -279,11 +259,11 @@ async def test_max_tries_gives_up_then_finishes(nsqd) -> None:  # type: ignore[n
     reader.messages.pipe(
         rx_ops.do_action(lambda m: attempts.append(m.attempts)), nsq.process(fail, delay=0)
     ).subscribe()
-    await wait_for(lambda: given)
+    await eventually(lambda: given)
     assert attempts == [1, 2, 3]
     assert given[0].attempts == 4 and given[0].outcome == "fin"
-    stats = await wait_for(
-        lambda: (s := channel_stats(nsqd, "poison", "c"))["in_flight_count"] == 0 and s
+    stats = await eventually(
+        lambda: (s := nsqd.channel_stats("poison", "c"))["in_flight_count"] == 0 and s
     )
     assert stats["depth"] == 0 and reader.given_up == 1
     await reader.close()
@@ -300,10 +280,10 @@ async def test_async_giving_up_hook_runs_before_fin(nsqd) -> None:  # type: igno
     reader = Reader("dlq", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_tries=1,
                     max_backoff_duration=0, giving_up=dead_letter)  # fmt: skip
     reader.messages.pipe(nsq.process(lambda v: 1 / 0, delay=0)).subscribe()
-    await wait_for(lambda: reader.given_up == 1 and order)
-    await wait_for(lambda: channel_stats(nsqd, "dlq", "c")["in_flight_count"] == 0)
+    await eventually(lambda: reader.given_up == 1 and order)
+    await eventually(lambda: nsqd.channel_stats("dlq", "c")["in_flight_count"] == 0)
     assert order == ["dead-lettered, outcome=None"]
-    assert channel_stats(nsqd, "dlq", "c")["depth"] == 0
+    assert nsqd.channel_stats("dlq", "c")["depth"] == 0
     await reader.close()
 
 
@@ -318,9 +298,9 @@ async def test_decode_and_where_settle_what_they_drop(nsqd) -> None:  # type: ig
         nsq.where(lambda v: v["ok"]),
         nsq.settle(),
     ).subscribe(lambda m: kept.append(m.value))
-    stats = await wait_for(
+    stats = await eventually(
         lambda: (
-            (s := channel_stats(nsqd, "dw", "c"))
+            (s := nsqd.channel_stats("dw", "c"))
             and s["message_count"] == 4
             and s["in_flight_count"] == 0
             and s
@@ -336,7 +316,7 @@ async def test_batch_refuses_a_count_above_max_in_flight(nsqd) -> None:  # type:
     reader = Reader("big", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=10)
     failures: list[Exception] = []
     reader.messages.pipe(nsq.batch(50, 1.0)).subscribe(on_error=failures.append)
-    await wait_for(lambda: failures)
+    await eventually(lambda: failures)
     assert isinstance(failures[0], errors.ConfigError) and "max_in_flight" in str(failures[0])
     await reader.close()
 
@@ -348,10 +328,10 @@ async def test_batch_touches_what_it_holds(nsqd_factory) -> None:  # type: ignor
     batches: list[nsq.Batch[bytes]] = []
     # a batch open for 4.5 s, twice the message timeout: TOUCH keeps it alive
     reader.messages.pipe(nsq.batch(10, timespan=4.5), nsq.settle()).subscribe(batches.append)
-    await wait_for(lambda: batches, timeout=15)
+    await eventually(lambda: batches, timeout=15)
     assert len(batches[0]) == 3 and all(m.attempts == 1 for m in batches[0])
-    stats = await wait_for(
-        lambda: (s := channel_stats(nsqd, "hold", "c"))["in_flight_count"] == 0 and s
+    stats = await eventually(
+        lambda: (s := nsqd.channel_stats("hold", "c"))["in_flight_count"] == 0 and s
     )
     assert stats["timeout_count"] == 0 and stats["depth"] == 0
     await reader.close()
@@ -370,8 +350,8 @@ async def test_iter_pulls_with_a_bounded_queue(nsqd) -> None:  # type: ignore[no
             break
     await reader.close()
     assert len(got) == 25 and peak <= 5
-    stats = await wait_for(
-        lambda: (s := channel_stats(nsqd, "pull", "c"))["in_flight_count"] == 0 and s
+    stats = await eventually(
+        lambda: (s := nsqd.channel_stats("pull", "c"))["in_flight_count"] == 0 and s
     )
     assert stats["depth"] == 15
 
@@ -383,13 +363,13 @@ async def test_direct_nsqd_reconnects_after_a_restart(nsqd) -> None:  # type: ig
     reader.messages.pipe(nsq.settle()).subscribe(lambda m: got.add(m.body))
     await reader.start()
     await publish(nsqd.tcp_address, "rc", bodies(10, "a"))
-    await wait_for(lambda: len(got) == 10)
+    await eventually(lambda: len(got) == 10)
     await asyncio.to_thread(nsqd.stop)
-    await wait_for(lambda: not reader.connections)
+    await eventually(lambda: not reader.connections)
     await asyncio.to_thread(nsqd.restart)
-    await wait_for(lambda: reader.connections, timeout=10)
+    await eventually(lambda: reader.connections, timeout=10)
     await publish(nsqd.tcp_address, "rc", bodies(10, "b"))
-    await wait_for(lambda: len(got) == 20)
+    await eventually(lambda: len(got) == 20)
     await reader.close()
 
 
@@ -400,9 +380,9 @@ async def test_default_requeue_delay_grows_with_attempts_and_is_capped(nsqd) -> 
     await publish(nsqd.tcp_address, "rq", [b"x"])
     got: list[Message[bytes]] = []
     reader.messages.subscribe(got.append)
-    await wait_for(lambda: got)
+    await eventually(lambda: got)
     got[0].req(backoff=False)  # default delay for attempt 1: 10 s -> deferred in nsqd
-    stats = await wait_for(lambda: (s := channel_stats(nsqd, "rq", "c"))["deferred_count"] and s)
+    stats = await eventually(lambda: (s := nsqd.channel_stats("rq", "c"))["deferred_count"] and s)
     assert stats["deferred_count"] == 1 and stats["depth"] == 0
     await reader.close()
 

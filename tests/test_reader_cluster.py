@@ -10,19 +10,10 @@ import pytest
 import rxnsq.ops as nsq
 from rxnsq.http import LookupdHTTPClient
 from rxnsq.reader import Reader
+from rxnsq.testing import eventually
 from rxnsq.writer import Writer
 
 pytestmark = pytest.mark.nsqd
-
-
-async def wait_for(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := predicate()):
-        if loop.time() > deadline:
-            raise TimeoutError(f"condition not met in {timeout}s")
-        await asyncio.sleep(0.05)
-    return value
 
 
 async def test_three_nsqd_then_a_fourth_all_drained_exactly(nsq_cluster) -> None:  # type: ignore[no-untyped-def]
@@ -46,14 +37,14 @@ async def test_three_nsqd_then_a_fourth_all_drained_exactly(nsq_cluster) -> None
     )
     seen: Counter[bytes] = Counter()
     reader.messages.pipe(nsq.process(lambda body: seen.update([body]))).subscribe()
-    await wait_for(lambda: len(seen) == 3 * n_per)
+    await eventually(lambda: len(seen) == 3 * n_per)
     assert len(reader.connections) == 3
 
     fourth = await asyncio.to_thread(nsq_cluster.add_nsqd)
     writer = Writer(fourth.tcp_address)
     await writer.mpub("spread", [b"3-%d" % i for i in range(1000)])
     await writer.close()
-    await wait_for(lambda: len(seen) == 3 * n_per + 1000)
+    await eventually(lambda: len(seen) == 3 * n_per + 1000)
     assert fourth.tcp_address in reader.connections
     await reader.close()
 
@@ -74,7 +65,7 @@ async def test_lookupd_without_the_topic_keeps_polling(nsq_cluster) -> None:  # 
     writer = Writer(nsq_cluster.nsqds[0].tcp_address)
     await writer.pub("later", b"finally")
     await writer.close()
-    await wait_for(lambda: got == [b"finally"])
+    await eventually(lambda: got == [b"finally"])
     await reader.close()
 
 
@@ -82,13 +73,14 @@ async def test_a_producer_that_vanishes_from_lookupd_is_dropped(nsq_cluster) -> 
     for nsqd in nsq_cluster.nsqds:
         nsqd.create_topic("gone")
     reader = Reader("gone", "c", lookupd_http_addresses=nsq_cluster.lookupd_http_urls,
-                    lookupd_poll_interval=0.3, lookupd_poll_jitter=0)  # fmt: skip
+                    lookupd_poll_interval=0.3, lookupd_poll_jitter=0,
+                    lookupd_vanish_grace=1.0)  # fmt: skip
     reader.messages.pipe(nsq.settle()).subscribe()
-    await wait_for(lambda: len(reader.connections) == 3)
+    await eventually(lambda: len(reader.connections) == 3)
     leaving = nsq_cluster.nsqds[0]
     async with LookupdHTTPClient(nsq_cluster.lookupd_http_urls[0]) as lookupd:
         await lookupd.tombstone_topic_producer("gone", f"127.0.0.1:{leaving.http_port}")
-    await wait_for(lambda: leaving.tcp_address not in reader.connections)
+    await eventually(lambda: leaving.tcp_address not in reader.connections)
     await asyncio.sleep(1.0)  # and it is not reconnected on later polls
     assert set(reader.connections) == {n.tcp_address for n in nsq_cluster.nsqds[1:]}
     await reader.close()

@@ -14,32 +14,15 @@ import rxnsq.ops as nsq
 from rxnsq import errors
 from rxnsq.message import Message
 from rxnsq.reader import Reader
+from rxnsq.testing import eventually
 from rxnsq.writer import Deferred, PublishAck, PublishResult, SinkOverflowError, Writer
 
 pytestmark = pytest.mark.nsqd
 
 
-def channel_stats(nsqd: Any, topic: str, channel: str) -> dict[str, Any]:
-    for t in nsqd.stats(topic=topic)["topics"] or []:
-        for c in t["channels"]:
-            if c["channel_name"] == channel:
-                return c  # type: ignore[no-any-return]
-    return {}
-
-
 def topic_stats(nsqd: Any, topic: str) -> dict[str, Any]:
     topics = nsqd.stats(topic=topic)["topics"] or []
     return topics[0] if topics else {}
-
-
-async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := predicate()):
-        if loop.time() > deadline:
-            raise TimeoutError(f"condition not met in {timeout}s")
-        await asyncio.sleep(interval)
-    return value
 
 
 async def drain(address: str, topic: str, count: int, timeout: float = 60) -> list[bytes]:
@@ -75,7 +58,7 @@ async def test_dpub_delay_is_observed(nsqd) -> None:  # type: ignore[no-untyped-
     loop = asyncio.get_running_loop()
     sent = loop.time()
     await writer.dpub("later", b"x", delay=1.5)
-    stats = channel_stats(nsqd, "later", "check")
+    stats = nsqd.channel_stats("later", "check")
     assert stats["deferred_count"] == 1 and stats["depth"] == 0  # not visible yet
     got = await drain(nsqd.tcp_address, "later", 1, timeout=15)
     assert got == [b"x"] and loop.time() - sent >= 1.4
@@ -116,7 +99,7 @@ async def test_sink_routes_deferred_items_to_dpub(nsqd) -> None:  # type: ignore
     reactivex.from_iterable([b"now", Deferred(b"later", 1.0), "also now"]).subscribe(sink)
     await asyncio.wait_for(sink.done, 10)
     assert sink.confirmed == 3
-    stats = channel_stats(nsqd, "mixed", "check")
+    stats = nsqd.channel_stats("mixed", "check")
     assert stats["deferred_count"] == 1 and stats["depth"] == 2
     await writer.close()
 
@@ -149,7 +132,7 @@ async def test_oversized_message_gets_nsqds_reason(nsqd_factory) -> None:  # typ
         await writer.pub("t", b"x" * 101)
     assert "101" in info.value.text or "size" in info.value.text
     # the connection was dropped by nsqd; the writer reconnects and goes on
-    await wait_for(lambda: writer.connections, timeout=10)
+    await eventually(lambda: writer.connections, timeout=10)
     assert await writer.pub("t", b"small") == b"OK"
     await writer.close()
 
@@ -186,7 +169,7 @@ async def test_kill_mid_stream_confirms_or_fails_everything(nsqd_factory) -> Non
 
     bodies = [b"%d" % i for i in range(3000)]
     tasks = [asyncio.create_task(one(b)) for b in bodies]
-    await wait_for(lambda: len(confirmed) > 200)
+    await eventually(lambda: len(confirmed) > 200)
     await asyncio.to_thread(nsqd.stop)  # a clean stop flushes: every OK is on disk
     await asyncio.gather(*tasks)
     assert len(confirmed) + len(failed) == len(bodies)
@@ -213,16 +196,16 @@ async def test_publish_operator_fins_after_confirmation(nsqd_factory) -> None:  
         nsq.settle(),
     ).subscribe(results.append)
 
-    await wait_for(lambda: sum(r.ok for r in results) == 200)
+    await eventually(lambda: sum(r.ok for r in results) == 200)
     await asyncio.to_thread(dest.stop)  # the destination goes away mid-run
     await feeder.mpub("in", [b"%d" % i for i in range(200, 500)])
-    await wait_for(lambda: any(not r.ok for r in results))
+    await eventually(lambda: any(not r.ok for r in results))
     await asyncio.to_thread(dest.restart)
     await feeder.close()
-    await wait_for(lambda: channel_stats(source, "in", "etl")["message_count"] >= 500, 30)
-    await wait_for(
+    await eventually(lambda: source.channel_stats("in", "etl")["message_count"] >= 500, timeout=30)
+    await eventually(
         lambda: (
-            (s := channel_stats(source, "in", "etl"))["depth"] == 0
+            (s := source.channel_stats("in", "etl"))["depth"] == 0
             and s["in_flight_count"] == 0
             and s["deferred_count"] == 0
         ),
@@ -266,14 +249,14 @@ async def test_round_robin_and_failover(nsqd_factory) -> None:  # type: ignore[n
     writer = Writer([a.tcp_address, b.tcp_address], reconnect_interval=0.2)
     for i in range(20):
         await writer.pub("rr", b"%d" % i)
-    await wait_for(lambda: len(writer.connections) == 2)
+    await eventually(lambda: len(writer.connections) == 2)
     for i in range(20):
         await writer.pub("rr", b"%d" % i)
     count_a = topic_stats(a, "rr")["message_count"]
     count_b = topic_stats(b, "rr")["message_count"]
     assert count_a + count_b == 40 and count_a > 0 and count_b > 0
     await asyncio.to_thread(a.stop)
-    await wait_for(lambda: len(writer.connections) == 1)
+    await eventually(lambda: len(writer.connections) == 1)
     for i in range(10):
         assert await writer.pub("rr", b"after %d" % i) == b"OK"
     assert topic_stats(b, "rr")["message_count"] == count_b + 10

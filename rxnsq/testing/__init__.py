@@ -17,6 +17,7 @@ from .daemons import (
     NsqdFactory,
     NsqdProcess,
     NsqlookupdProcess,
+    eventually,
     find_binary,
     wait_until,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "NsqdFactory",
     "NsqdProcess",
     "NsqlookupdProcess",
+    "eventually",
     "find_binary",
     "wait_until",
 ]

@@ -8,6 +8,7 @@ itself is killed with SIGKILL).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import http.client
@@ -150,6 +151,25 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {message}; last: {value!r}")
         time.sleep(interval)
+
+
+async def eventually(
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
+    """:func:`wait_until` for async code: polls without blocking the running loop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {message}; last: {value!r}")
+        await asyncio.sleep(interval)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -590,6 +610,15 @@ class NsqdProcess(DaemonProcess):
             params["channel"] = channel
         result: dict[str, Any] = self._get_json("/stats", params)
         return result
+
+    def channel_stats(self, topic: str, channel: str) -> dict[str, Any]:
+        """One channel's entry in ``/stats`` (``depth``, ``in_flight_count``, ``clients``...),
+        or ``{}`` while the topic or channel does not exist."""
+        for entry in self.stats(topic=topic)["topics"] or []:
+            for found in entry.get("channels") or []:
+                if found["channel_name"] == channel:
+                    return found  # type: ignore[no-any-return]
+        return {}
 
     def config(self, option: str) -> Any:
         """``GET /config/<option>``: the value nsqd runs with, e.g. ``"max_rdy_count"``."""

@@ -1,0 +1,499 @@
+"""What the command-line tools share: flags, ``--consumer-opt``/``--producer-opt``, progress
+lines, logging and the run/exit-code plumbing.
+
+Flags keep the Go apps' spellings. Multi-value flags use ``action="append"`` ("may be given
+multiple times"). Durations take a number of seconds or a Go duration (``250ms``, ``1m30s``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import difflib
+import inspect
+import logging
+import re
+import ssl
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, TextIO
+
+from .. import protocol, runner
+from .._version import __version__
+from ..config import ConnectionOptions
+from ..errors import NSQError
+from ..flow import ExponentialBackoff
+from ..reader import Reader
+from ..writer import Writer
+
+__all__ = [
+    "OptionError",
+    "Progress",
+    "add_consumer_opt",
+    "add_source_args",
+    "add_status_args",
+    "base_parser",
+    "consumer_options",
+    "duration",
+    "nonneg_int",
+    "parse_duration",
+    "positive_int",
+    "producer_options",
+    "run_tool",
+    "setup_logging",
+]
+
+logger = logging.getLogger(__name__)
+
+# --- argument types ---------------------------------------------------------------------------
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"2"``, ``"2.5"`` or a Go duration (``"250ms"``, ``"1m30s"``, ``"1h"``)."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    seconds, pos = 0.0, 0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None:
+            raise ValueError(f"{text!r} is not a duration (seconds, or e.g. 250ms, 1m30s, 1h)")
+        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if not text:
+        raise ValueError("an empty duration")
+    return seconds
+
+
+def duration(text: str) -> float:
+    """argparse type: a duration >= 0, in seconds."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be >= 0")
+    return seconds
+
+
+def _int(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= {low}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    return _int(text, 1)
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    return _int(text, 0)
+
+
+def topic_name(text: str) -> str:
+    """argparse type: a topic name nsqd accepts."""
+    try:
+        return protocol.check_topic_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def channel_name(text: str) -> str:
+    """argparse type: a channel name nsqd accepts."""
+    try:
+        return protocol.check_channel_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _opt_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition(",")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected key,value (e.g. max_tries,10)")
+    return key.strip(), value
+
+
+# --- parsers --------------------------------------------------------------------------------
+
+
+def base_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A parser with the module docstring as its description, ``--version``, ``--log-level``."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(doc or "").strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log level of rxnsq's messages on stderr (default: %(default)s)",
+    )
+    return parser
+
+
+def add_source_args(parser: argparse.ArgumentParser) -> None:
+    """``--nsqd-tcp-address`` (multi) and ``--lookupd-http-address`` (multi)."""
+    parser.add_argument(
+        "--nsqd-tcp-address",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="nsqd TCP address (may be given multiple times)",
+    )
+    parser.add_argument(
+        "--lookupd-http-address",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="nsqlookupd HTTP address (may be given multiple times)",
+    )
+
+
+def check_sources(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exactly one of the two discovery flags, as the Go apps require."""
+    if args.nsqd_tcp_address and args.lookupd_http_address:
+        parser.error("use --nsqd-tcp-address or --lookupd-http-address, not both")
+    if not args.nsqd_tcp_address and not args.lookupd_http_address:
+        parser.error("--nsqd-tcp-address or --lookupd-http-address is required")
+
+
+def add_consumer_opt(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--consumer-opt",
+        action="append",
+        default=[],
+        type=_opt_pair,
+        metavar="KEY,VALUE",
+        help="a Reader option, e.g. max_tries,10 or msg_timeout,2m (may be given multiple "
+        "times; go-nsq names such as max_attempts are understood)",
+    )
+
+
+def add_producer_opt(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--producer-opt",
+        action="append",
+        default=[],
+        type=_opt_pair,
+        metavar="KEY,VALUE",
+        help="a Writer option, e.g. snappy,true or connect_timeout,2s (may be given multiple "
+        "times)",
+    )
+
+
+def add_status_args(parser: argparse.ArgumentParser, *, every: int, interval: float) -> None:
+    parser.add_argument(
+        "--status-every",
+        type=nonneg_int,
+        default=every,
+        metavar="N",
+        help="print a progress line to stderr every N messages (0 = never; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--status-interval",
+        type=duration,
+        default=interval,
+        metavar="DURATION",
+        help="print a progress line to stderr every DURATION (0 = never; default: %(default)ss)",
+    )
+
+
+# --- --consumer-opt / --producer-opt ------------------------------------------------------------
+
+
+class OptionError(ValueError):
+    """A ``--consumer-opt``/``--producer-opt`` that names no option or has a bad value."""
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "t", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "f", "false", "no", "n", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def _coercer(annotation: object) -> Callable[[str], Any] | None:
+    """How to turn text into a value for a parameter annotated ``annotation`` (a string, as
+    the modules use ``from __future__ import annotations``); None if not settable as text."""
+    kinds = {part.strip() for part in str(annotation).split("|")} - {"None"}
+    if "bool" in kinds:
+        return _parse_bool
+    if "int" in kinds and "float" not in kinds:
+        return int
+    if "float" in kinds:
+        return parse_duration
+    if "str" in kinds:
+        return str
+    return None
+
+
+# Parameters the tools set from their own flags, never from --*-opt.
+_CONSUMER_OWN = {"topic", "channel", "nsqd_tcp_addresses", "lookupd_http_addresses", "giving_up"}
+_PRODUCER_OWN = {"nsqd_tcp_addresses"}
+# go-nsq's option names (the Go apps' --consumer-opt keys) that rxnsq spells differently.
+_RENAMED = {"max_attempts": "max_tries", "dial_timeout": "connect_timeout"}
+_TLS_KEYS = {
+    "tls_root_ca_file": "ca_certs",
+    "tls_cert": "certfile",
+    "tls_key": "keyfile",
+    "tls_insecure_skip_verify": "cert_reqs",
+}
+
+
+def _settable(target: Callable[..., Any], own: set[str]) -> dict[str, Callable[[str], Any]]:
+    found: dict[str, Callable[[str], Any]] = {}
+    for name, param in inspect.signature(target).parameters.items():
+        if param.kind is inspect.Parameter.KEYWORD_ONLY and name not in own:
+            coerce = _coercer(param.annotation)
+            if coerce is not None:
+                found[name] = coerce
+    for field in dataclasses.fields(ConnectionOptions):
+        coerce = _coercer(field.type)
+        if coerce is not None:
+            found[field.name] = coerce
+    return found
+
+
+def _options(
+    pairs: Iterable[tuple[str, str]], flag: str, settable: dict[str, Callable[[str], Any]]
+) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    tls: dict[str, Any] = {}
+    extra = {*_RENAMED, *_TLS_KEYS} | (
+        {"backoff_multiplier"} if flag == "--consumer-opt" else set()
+    )
+    for key, text in pairs:
+        name = _RENAMED.get(key, key)
+        try:
+            if key in _TLS_KEYS:
+                if key == "tls_insecure_skip_verify":
+                    if _parse_bool(text):
+                        tls["cert_reqs"] = ssl.CERT_NONE
+                        tls["check_hostname"] = False
+                else:
+                    tls[_TLS_KEYS[key]] = text
+                options["tls_v1"] = True
+            elif key == "backoff_multiplier" and flag == "--consumer-opt":
+                options["backoff"] = ExponentialBackoff(parse_duration(text))
+            elif name in settable:
+                options[name] = settable[name](text)
+            else:
+                known = sorted({*settable, *extra})
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise OptionError(
+                    f"{flag}: unknown option {key!r}{hint}; known options: {', '.join(known)}"
+                )
+        except ValueError as exc:
+            if isinstance(exc, OptionError):
+                raise
+            raise OptionError(f"{flag} {key}: bad value {text!r}: {exc}") from None
+    if tls:
+        options["tls_options"] = tls
+    return options
+
+
+def consumer_options(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Reader keyword options from ``--consumer-opt key,value`` pairs, typed and checked.
+
+    Keys are :class:`~rxnsq.reader.Reader` keywords and connection options, plus go-nsq's
+    names for the same things (``max_attempts``, ``dial_timeout``, ``backoff_multiplier``,
+    ``tls_root_ca_file``, ``tls_cert``, ``tls_key``, ``tls_insecure_skip_verify``).
+    Raises :class:`OptionError` for an unknown key or a value of the wrong type.
+    """
+    return _options(pairs, "--consumer-opt", _settable(Reader, _CONSUMER_OWN))
+
+
+def producer_options(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Writer keyword options from ``--producer-opt key,value`` pairs (see
+    :func:`consumer_options`)."""
+    return _options(pairs, "--producer-opt", _settable(Writer, _PRODUCER_OWN))
+
+
+# --- readers ----------------------------------------------------------------------------------
+
+
+def make_readers(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    channel: str,
+    *,
+    max_in_flight: int,
+    cap: int | None = None,
+    cls: type[Reader] = Reader,
+) -> list[Reader]:
+    """One Reader per ``--topic`` with the discovery flags and ``--consumer-opt`` applied.
+
+    ``cap`` lowers max_in_flight (``rxnsq-tail -n``). The tools never give up on a message
+    (``max_tries`` 0) unless told to with ``--consumer-opt max_tries,N``: a tool that
+    archives or relays must not drop data.
+    """
+    try:
+        options = consumer_options(args.consumer_opt)
+    except OptionError as exc:
+        parser.error(str(exc))
+    options.setdefault("max_tries", 0)
+    options.setdefault("max_in_flight", max_in_flight)
+    if cap:
+        options["max_in_flight"] = min(options["max_in_flight"], cap)
+    readers = []
+    for topic in args.topic:
+        try:
+            readers.append(
+                cls(
+                    topic,
+                    channel,
+                    nsqd_tcp_addresses=args.nsqd_tcp_address,
+                    lookupd_http_addresses=args.lookupd_http_address,
+                    **options,
+                )
+            )
+        except (NSQError, ValueError) as exc:
+            parser.error(str(exc))
+    return readers
+
+
+def make_writer(
+    parser: argparse.ArgumentParser, addresses: Sequence[str], pairs: Iterable[tuple[str, str]]
+) -> Writer:
+    """A Writer for ``addresses`` with ``--producer-opt`` applied (usage errors exit 2)."""
+    try:
+        options = {"name": parser.prog, **producer_options(pairs)}
+        return Writer(list(addresses), **options)
+    except (NSQError, ValueError) as exc:
+        parser.error(str(exc))
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+
+class Progress:
+    """Progress lines on stderr (stdout carries data): every ``every`` messages and/or every
+    ``interval`` seconds, with the rate since the previous line. ``describe()`` adds details."""
+
+    def __init__(
+        self,
+        prog: str,
+        noun: str,
+        *,
+        every: int = 0,
+        interval: float = 0.0,
+        describe: Callable[[], str] | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.prog = prog
+        self.noun = noun
+        self.every = every
+        self.interval = interval
+        self.describe = describe
+        self.stream = stream
+        self.count = 0
+        self.failed = 0
+        self.started = time.monotonic()
+        self._last_time = self.started
+        self._last_count = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, count: int = 1, failed: int = 0) -> None:
+        before = self.count + self.failed
+        self.count += count
+        self.failed += failed
+        after = self.count + self.failed
+        if self.every and after // self.every > before // self.every:
+            self.report()
+
+    def start(self) -> None:
+        """Start the timed lines (on the running loop)."""
+        if self.interval > 0:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        self.report()
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def line(self, *, final: bool = False) -> str:
+        now = time.monotonic()
+        if final:
+            elapsed = now - self.started
+            rate = self.count / elapsed if elapsed > 0 else 0.0
+            when = f" in {elapsed:.1f}s ({rate:.0f}/s)"
+        else:
+            elapsed = now - self._last_time
+            rate = (self.count - self._last_count) / elapsed if elapsed > 0 else 0.0
+            when = f" ({rate:.0f}/s)"
+            self._last_time, self._last_count = now, self.count
+        text = f"{self.prog}: {self.count} {self.noun}"
+        if self.failed:
+            text += f", {self.failed} failed"
+        text += when
+        if self.describe is not None:
+            details = self.describe()
+            if details:
+                text += f", {details}"
+        return text
+
+    def report(self, *, final: bool = False) -> None:
+        print(self.line(final=final), file=self.stream or sys.stderr, flush=True)
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+def setup_logging(prog: str, level: str) -> None:
+    """Log to stderr, prefixed with the tool's name. The runner's "received SIGINT: draining"
+    line shows unless ``--log-level error``."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format=f"{prog}: %(levelname)s %(name)s: %(message)s",
+    )
+    if level != "error":
+        logging.getLogger(runner.__name__).setLevel(min(logging.INFO, logging.root.level))
+
+
+class ToolError(Exception):
+    """A failure the tool explains in one line (``prog: error: ...``, exit 1)."""
+
+
+def run_tool(
+    prog: str,
+    main: Coroutine[Any, Any, int],
+    *,
+    drain_timeout: float = 30.0,
+    interrupted: int = 0,
+) -> int:
+    """Run ``main`` with :func:`rxnsq.runner.run` (SIGINT/SIGTERM drain every Reader and
+    Writer, then stop) and turn the outcome into an exit code: main's return value,
+    ``interrupted`` after a signal, 1 with a one-line message for an rxnsq error."""
+    try:
+        result = runner.run(main, drain_timeout=drain_timeout)
+    except (NSQError, ToolError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C while draining
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    return interrupted if result is None else result
