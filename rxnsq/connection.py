@@ -123,6 +123,8 @@ class Connection:
         self.max_requeue_delay = 3600.0
         #: The Reader consuming through this connection, if any (operators read its limits).
         self.consumer: Any = None
+        #: Called with each message before ``messages`` emits it: the consumer's fast path.
+        self.on_message: Callable[[Message[bytes]], None] | None = None
         #: Called before the FIN/REQ bytes are queued, so RDY changes it makes go out first.
         self.on_settle: Callable[[Connection, Delivery, bool | None], None] | None = None
 
@@ -373,8 +375,15 @@ class Connection:
         """PUB; the future resolves with ``OK`` or fails with the typed error."""
         return self._command(protocol.encode_pub(topic, body))
 
-    def mpub(self, topic: str, bodies: Iterable[bytes]) -> asyncio.Future[bytes]:
-        """MPUB (atomic); the future resolves with ``OK`` or fails with the typed error."""
+    def mpub(
+        self, topic: str, bodies: Iterable[bytes], *, checked: bool = False
+    ) -> asyncio.Future[bytes]:
+        """MPUB (atomic); the future resolves with ``OK`` or fails with the typed error.
+
+        ``checked=True`` skips the per-message checks for bodies (a list) already checked.
+        """
+        if checked:
+            return self._command(protocol.encode_checked_mpub(topic, bodies))  # type: ignore[arg-type]
         return self._command(protocol.encode_mpub(topic, bodies))
 
     def dpub(self, topic: str, delay: float, body: bytes) -> asyncio.Future[bytes]:
@@ -487,7 +496,10 @@ class Connection:
         message = Message.from_raw(protocol.decode_message(data), self)
         self._unsettled.add(message.delivery)
         self.last_message_time = self._last_read
-        self.messages.on_next(message)
+        if self.on_message is not None:
+            self.on_message(message)
+        if self.messages.observers:
+            self.messages.on_next(message)
         if self.events.observers:
             self._event("message", message)
 

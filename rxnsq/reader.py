@@ -15,6 +15,7 @@ subscription is disposed; one started with ``start()`` runs until ``close()``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import random
@@ -465,7 +466,7 @@ class Reader:
         conn.consumer = self
         try:
             await conn.connect()
-            conn.messages.subscribe(lambda message: self._on_message(conn, message))
+            conn.on_message = functools.partial(self._on_message, conn)
             await conn.subscribe(self.topic, self.channel)
         except asyncio.CancelledError:
             await conn.close(0)

@@ -303,6 +303,15 @@ class Writer:
 
         return await self._run(topic, prepare, callback)
 
+    async def _mpub_checked(self, topic: str, bodies: list[bytes]) -> bytes:
+        """Publish bodies a sink already checked, one by one as they arrived."""
+        if len(bodies) == 1:
+            body = bodies[0]
+            return await self._run(topic, lambda: (1, lambda c: c.pub(topic, body)), None)
+        return await self._run(
+            topic, lambda: (len(bodies), lambda c: c.mpub(topic, bodies, checked=True)), None
+        )
+
     async def _run(
         self,
         topic: str,
@@ -540,22 +549,29 @@ class Sink(abc.ObserverBase[Any]):
     # Observer
 
     def on_next(self, value: Any) -> None:
-        try:
-            self.writer._start()
-        except (RuntimeError, NSQError) as exc:
-            self._fail_items(1, exc)
-            return
-        if isinstance(value, Deferred):
+        writer = self.writer
+        if writer._loop is None or writer._close_started:
+            try:
+                writer._start()
+            except (RuntimeError, NSQError) as exc:
+                self._fail_items(1, exc)
+                return
+        if type(value) is bytes and 0 < len(value) <= writer.max_msg_size:
+            body = value  # checked here, once: the fast path
+        elif isinstance(value, Deferred):
             self._send_deferred(value)
             return
-        try:
-            body = protocol.check_body(_to_bytes(value), self.writer.max_msg_size)
-        except (InvalidBodyError, TypeError, AttributeError) as exc:
-            self._fail_items(1, exc if isinstance(exc, NSQError) else InvalidBodyError(str(exc)))
-            return
-        if self.pending >= self.max_pending:
+        else:
+            try:
+                body = protocol.check_body(_to_bytes(value), writer.max_msg_size)
+            except (InvalidBodyError, TypeError, AttributeError) as exc:
+                error = exc if isinstance(exc, NSQError) else InvalidBodyError(str(exc))
+                self._fail_items(1, error)
+                return
+        pending = len(self._buffer) + self._sending
+        if pending >= self.max_pending:
             overflow = SinkOverflowError(
-                f"sink for {self.topic!r} has {self.pending} items unconfirmed (max_pending)"
+                f"sink for {self.topic!r} has {pending} items unconfirmed (max_pending)"
             )
             if self.on_overflow == "drop_oldest" and self._buffer:
                 dropped = self._buffer.pop(0)
@@ -608,10 +624,7 @@ class Sink(abc.ObserverBase[Any]):
             for attempt in range(self.retries + 1):
                 try:
                     self.commands += 1
-                    if len(bodies) == 1:
-                        await self.writer.pub(self.topic, bodies[0])
-                    else:
-                        await self.writer.mpub(self.topic, bodies)
+                    await self.writer._mpub_checked(self.topic, bodies)
                 except NSQError as exc:
                     if exc.retriable and attempt < self.retries and not self.writer._closing:
                         await asyncio.sleep(0.1 * (attempt + 1))
