@@ -29,6 +29,7 @@ from .http import LookupdHTTPClient, NsqdHTTPClient
 from .message import Message
 from .ops import Batch, Failure
 from .reader import Reader, ReaderEvent
+from .runner import run
 from .sync import SyncConnection
 from .writer import Deferred, PublishAck, PublishResult, SinkOverflowError, Writer
 
@@ -68,4 +69,5 @@ __all__ = [
     "WrongPortError",
     "__version__",
     "ops",
+    "run",
 ]
