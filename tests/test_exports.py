@@ -30,3 +30,14 @@ def test_version_has_one_source() -> None:
 
     assert rxnsq.__version__ == __version__
     assert rxnsq.ConnectionOptions().user_agent == f"rxnsq/{__version__}"
+
+
+def test_run_returns_what_main_returns() -> None:
+    import subprocess
+    import sys
+
+    code = "import rxnsq\nasync def main():\n    return 42\nprint(rxnsq.run(main()))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "42", result.stderr
