@@ -88,6 +88,12 @@ class PublishResult(Generic[T]):
                 self.item.req(backoff=True)  # the destination is in trouble: slow down
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a task's exception as seen: its callback or ack already reported it."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _to_bytes(body: bytes | str | bytearray | memoryview) -> bytes:
     return body.encode() if isinstance(body, str) else bytes(body)
 
@@ -131,6 +137,7 @@ class Writer:
         self._reconnects: dict[str, asyncio.TimerHandle] = {}
         self._delays: dict[str, float] = {}
         self._next = 0
+        self._valid_topics: set[str] = set()
         self._up: asyncio.Event | None = None
         self._pending: set[asyncio.Future[Any]] = set()
         self._sinks: list[Sink] = []
@@ -251,6 +258,9 @@ class Writer:
                     f"{self.name}: no nsqd is reachable ({', '.join(self.nsqd_tcp_addresses)})"
                     + (f": {self.last_error}" if self.last_error else "")
                 )
+        return self._next_connection()
+
+    def _next_connection(self) -> Connection:
         conns = list(self._conns.values())
         self._next = (self._next + 1) % len(conns)
         return conns[self._next]
@@ -302,6 +312,42 @@ class Writer:
             return 1, lambda c: c.dpub(topic, delay, data)
 
         return await self._run(topic, prepare, callback)
+
+    def pub_nowait(
+        self, topic: str, body: bytes | str, callback: Callback | None = None
+    ) -> asyncio.Future[bytes]:
+        """PUB without awaiting: returns at once a future of nsqd's reply (for pipelining
+        many publishes, as pynsq's ``pub`` is used). Bad input raises here; an nsqd error or
+        a lost connection fails the future (and reaches ``callback``)."""
+        if not self._conns or self._close_started:
+            task = asyncio.ensure_future(self.pub(topic, body, callback))
+            task.add_done_callback(_retrieve)
+            return task
+        try:
+            if topic not in self._valid_topics:
+                protocol.check_topic_name(topic)
+                self._valid_topics.add(topic)
+            data = protocol.check_body(_to_bytes(body), self.max_msg_size)
+        except NSQError as exc:
+            if callback is not None:
+                callback(None, exc)
+            raise
+        conn = self._next_connection()
+        future = conn.pub(topic, data)
+        self._pending.add(future)
+        started = asyncio.get_running_loop().time()
+
+        def done(f: asyncio.Future[bytes]) -> None:
+            self._pending.discard(f)
+            error = None if f.cancelled() else f.exception()
+            if f.cancelled():
+                error = NSQConnectionError("publish cancelled")
+            self._ack(topic, 1, error, conn, started)
+            if callback is not None:
+                callback(conn, error if error is not None else f.result())
+
+        future.add_done_callback(done)
+        return future
 
     async def _mpub_checked(self, topic: str, bodies: list[bytes]) -> bytes:
         """Publish bodies a sink already checked, one by one as they arrived."""

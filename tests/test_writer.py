@@ -274,3 +274,17 @@ async def test_acks_stream_and_pending_wait_on_close(nsqd) -> None:  # type: ign
     assert sink.confirmed == 7
     assert acks and all(a.ok for a in acks) and sum(a.count for a in acks) == 7
     assert all(a.latency >= 0 and a.address == nsqd.tcp_address for a in acks)
+
+
+async def test_pub_nowait_pipelines_and_reports_each_reply(nsqd) -> None:  # type: ignore[no-untyped-def]
+    writer = Writer(nsqd.tcp_address)
+    replies: list[Any] = []
+    first = writer.pub_nowait("nw", b"first", callback=lambda c, d: replies.append(d))
+    assert await first == b"OK"  # no connection yet: it waited for one
+    futures = [writer.pub_nowait("nw", b"%d" % i) for i in range(500)]  # no await in between
+    assert await asyncio.gather(*futures) == [b"OK"] * 500
+    assert replies == [b"OK"]
+    assert topic_stats(nsqd, "nw")["message_count"] == 501
+    with pytest.raises(errors.InvalidBodyError):
+        writer.pub_nowait("nw", b"")
+    await writer.close()

@@ -21,9 +21,9 @@ Callback = Callable[[Connection | None, Any], Any]
 
 
 class Writer:
-    """Publish to nsqd as in pynsq. Each call returns an asyncio Task.
+    """Publish to nsqd as in pynsq. Each call returns an asyncio future.
 
-    Differences from pynsq: the task resolves on nsqd's ``OK`` (pynsq's future resolved when
+    Differences from pynsq: the future resolves on nsqd's ``OK`` (pynsq's resolved when
     the bytes were written) and raises the error; a publish made before any connection is up
     waits for one (up to the connect timeout) instead of failing at once; publishes go
     round-robin, not at random; ``str`` bodies and tuples work; ``close()`` exists and waits
@@ -49,8 +49,8 @@ class Writer:
 
     def pub(
         self, topic: str, msg: bytes | str, callback: Callback | None = None
-    ) -> asyncio.Task[Any]:
-        return self._spawn(self.writer.pub(topic, msg, callback=self._callback(callback)))
+    ) -> asyncio.Future[Any]:
+        return self.writer.pub_nowait(topic, msg, callback=self._callback(callback))
 
     def mpub(
         self, topic: str, msg: bytes | str | Iterable[bytes | str], callback: Callback | None = None
