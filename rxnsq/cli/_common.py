@@ -146,8 +146,23 @@ def base_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def add_source_args(parser: argparse.ArgumentParser) -> None:
-    """``--nsqd-tcp-address`` (multi) and ``--lookupd-http-address`` (multi)."""
+def add_source_args(
+    parser: argparse.ArgumentParser,
+    *,
+    channel_default: str | None,
+    channel_help: str,
+    topic_help: str = "NSQ topic",
+) -> None:
+    """What a consuming tool reads: ``--topic`` (multi, required), ``--channel``,
+    ``--nsqd-tcp-address`` (multi) and ``--lookupd-http-address`` (multi)."""
+    parser.add_argument(
+        "--topic",
+        action="append",
+        required=True,
+        type=topic_name,
+        help=f"{topic_help} (may be given multiple times)",
+    )
+    parser.add_argument("--channel", type=channel_name, default=channel_default, help=channel_help)
     parser.add_argument(
         "--nsqd-tcp-address",
         action="append",

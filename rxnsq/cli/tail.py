@@ -28,14 +28,12 @@ from ._common import (
     add_source_args,
     add_status_args,
     base_parser,
-    channel_name,
     check_sources,
     make_readers,
     nonneg_int,
     positive_int,
     run_tool,
     setup_logging,
-    topic_name,
 )
 
 PROG = "rxnsq-tail"
@@ -43,19 +41,11 @@ PROG = "rxnsq-tail"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser(PROG, __doc__)
-    parser.add_argument(
-        "--topic",
-        action="append",
-        required=True,
-        type=topic_name,
-        help="NSQ topic (may be given multiple times)",
+    add_source_args(
+        parser,
+        channel_default=None,
+        channel_help="NSQ channel (default: a random tailNNNNNN#ephemeral)",
     )
-    parser.add_argument(
-        "--channel",
-        type=channel_name,
-        help="NSQ channel (default: a random tailNNNNNN#ephemeral)",
-    )
-    add_source_args(parser)
     parser.add_argument(
         "--max-in-flight",
         type=positive_int,

@@ -43,7 +43,6 @@ from ._common import (
     add_source_args,
     add_status_args,
     base_parser,
-    channel_name,
     check_sources,
     duration,
     make_readers,
@@ -51,7 +50,6 @@ from ._common import (
     positive_int,
     run_tool,
     setup_logging,
-    topic_name,
 )
 
 PROG = "rxnsq-to-file"
@@ -69,17 +67,7 @@ def gzip_level(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser(PROG, __doc__)
-    parser.add_argument(
-        "--topic",
-        action="append",
-        required=True,
-        type=topic_name,
-        help="NSQ topic (may be given multiple times)",
-    )
-    parser.add_argument(
-        "--channel", type=channel_name, default="nsq_to_file", help="NSQ channel (%(default)s)"
-    )
-    add_source_args(parser)
+    add_source_args(parser, channel_default="nsq_to_file", channel_help="NSQ channel (%(default)s)")
     parser.add_argument(
         "--output-dir", default="/tmp", help="directory to write files to (default: %(default)s)"
     )

@@ -32,7 +32,6 @@ from ._common import (
     add_source_args,
     add_status_args,
     base_parser,
-    channel_name,
     check_sources,
     make_readers,
     make_writer,
@@ -47,17 +46,12 @@ PROG = "rxnsq-to-nsq"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser(PROG, __doc__)
-    parser.add_argument(
-        "--topic",
-        action="append",
-        required=True,
-        type=topic_name,
-        help="source NSQ topic (may be given multiple times)",
+    add_source_args(
+        parser,
+        channel_default="nsq_to_nsq",
+        channel_help="NSQ channel (%(default)s)",
+        topic_help="source NSQ topic",
     )
-    parser.add_argument(
-        "--channel", type=channel_name, default="nsq_to_nsq", help="NSQ channel (%(default)s)"
-    )
-    add_source_args(parser)
     parser.add_argument(
         "--destination-nsqd-tcp-address",
         action="append",
