@@ -474,7 +474,6 @@ class Reader:
         except NSQError as exc:
             if isinstance(exc.__cause__, NSQError):
                 exc = exc.__cause__  # the reason the connection closed, not just that it did
-            self._connecting.discard(address)
             await conn.close(0)
             self._event("connect_failed", address, exc)
             if isinstance(exc, _FATAL):

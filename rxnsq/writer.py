@@ -274,7 +274,7 @@ class Writer:
         """
 
         def prepare() -> tuple[int, Command]:
-            protocol.check_topic_name(topic)
+            self._check_topic(topic)
             data = protocol.check_body(_to_bytes(body), self.max_msg_size)
             return 1, lambda c: c.pub(topic, data)
 
@@ -286,7 +286,7 @@ class Writer:
         """Publish several messages atomically in one MPUB; returns once nsqd confirmed."""
 
         def prepare() -> tuple[int, Command]:
-            protocol.check_topic_name(topic)
+            self._check_topic(topic)
             items = [protocol.check_body(_to_bytes(b), self.max_msg_size) for b in bodies]
             if not items:
                 raise InvalidBodyError("MPUB needs at least one message")
@@ -305,13 +305,19 @@ class Writer:
         """Publish one message that nsqd delivers ``delay`` seconds from now."""
 
         def prepare() -> tuple[int, Command]:
-            protocol.check_topic_name(topic)
+            self._check_topic(topic)
             data = protocol.check_body(_to_bytes(body), self.max_msg_size)
             if delay < 0:
                 raise InvalidBodyError(f"DPUB delay must be >= 0 seconds, not {delay!r}")
             return 1, lambda c: c.dpub(topic, delay, data)
 
         return await self._run(topic, prepare, callback)
+
+    def _check_topic(self, topic: str) -> None:
+        """Refuse an invalid topic before any IO; each name is checked once per writer."""
+        if topic not in self._valid_topics:
+            protocol.check_topic_name(topic)
+            self._valid_topics.add(topic)
 
     def pub_nowait(
         self, topic: str, body: bytes | str, callback: Callback | None = None
@@ -324,9 +330,7 @@ class Writer:
             task.add_done_callback(_retrieve)
             return task
         try:
-            if topic not in self._valid_topics:
-                protocol.check_topic_name(topic)
-                self._valid_topics.add(topic)
+            self._check_topic(topic)
             data = protocol.check_body(_to_bytes(body), self.max_msg_size)
         except NSQError as exc:
             if callback is not None:
