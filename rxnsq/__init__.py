@@ -22,6 +22,8 @@ from .errors import (
     NSQConnectionError,
     NSQError,
     ProtocolError,
+    PublishTimeoutError,
+    SinkOverflowError,
     WrongPortError,
 )
 from .flow import BackoffState, ExponentialBackoff, FullJitterBackoff
@@ -31,7 +33,7 @@ from .ops import Batch, Failure
 from .reader import Reader, ReaderEvent
 from .runner import run
 from .sync import SyncConnection
-from .writer import Deferred, PublishAck, PublishResult, SinkOverflowError, Writer
+from .writer import Deferred, PublishAck, PublishResult, Writer
 
 __all__ = [
     "AuthError",
@@ -61,6 +63,7 @@ __all__ = [
     "ProtocolError",
     "PublishAck",
     "PublishResult",
+    "PublishTimeoutError",
     "Reader",
     "ReaderEvent",
     "SinkOverflowError",

@@ -148,7 +148,7 @@ async def test_invalid_topic_from_nsqd_is_typed(nsqd) -> None:  # type: ignore[n
 
 async def test_no_nsqd_reachable(unused_tcp_port: int) -> None:
     writer = Writer(f"127.0.0.1:{unused_tcp_port}", connect_timeout=0.5)
-    with pytest.raises(errors.NSQConnectionError, match="no nsqd is reachable"):
+    with pytest.raises(errors.NSQConnectionError, match="no nsqd is connected"):
         await writer.pub("t", b"x")
     await writer.close()
 
