@@ -417,7 +417,7 @@ class Writer:
 
     def _check_topic(self, topic: str) -> None:
         """Refuse an invalid topic before any IO; each name is checked once per writer."""
-        if topic not in self._valid_topics:
+        if type(topic) is not str or topic not in self._valid_topics:
             protocol.check_topic_name(topic)
             self._valid_topics.add(topic)
 
