@@ -511,10 +511,7 @@ class Writer:
         started = loop.time()
         conn = self._ready_connection()
         if conn is not None:
-            for data, count in commands:
-                self._issue(conn, data, topic, count, timeout, started).add_done_callback(
-                    partial(self._command_done, done)
-                )
+            self._issue_all(conn, topic, commands, timeout, started, done)
             return
         task = loop.create_task(self._submit_later(topic, commands, timeout, started, done))
         self._waiting.add(task)
@@ -536,10 +533,25 @@ class Writer:
                 self._ack_failed(topic, count, exc)
                 done(exc)
             return
+        self._issue_all(conn, topic, commands, timeout, started, done)
+
+    def _issue_all(
+        self,
+        conn: Connection,
+        topic: str,
+        commands: list[tuple[bytes, int]],
+        timeout: float,
+        started: float,
+        done: Done,
+    ) -> None:
         for data, count in commands:
-            self._issue(conn, data, topic, count, timeout, started).add_done_callback(
-                partial(self._command_done, done)
-            )
+            try:
+                future = self._issue(conn, data, topic, count, timeout, started)
+            except NSQError as exc:  # the connection is closing under us
+                self._ack_failed(topic, count, exc)
+                done(exc)
+                continue
+            future.add_done_callback(partial(self._command_done, done))
 
     def _command_done(self, done: Done, future: asyncio.Future[bytes]) -> None:
         if not future.cancelled() and future.exception() is None:
@@ -695,7 +707,7 @@ class Writer:
             raise
         assert self._loop is not None
         conn = self._ready_connection()
-        if conn is not None:
+        if conn is not None and conn.is_ready:
             future = self._issue(conn, data, topic, 1, timeout, self._loop.time())
             future.add_done_callback(partial(_nowait_done, callback, conn))
             return future
@@ -857,6 +869,8 @@ class Writer:
         self._fail_unanswered(timeout)
         self._closing = True
         self._notify()  # publishes still waiting for a connection fail now
+        if self._waiting:
+            await asyncio.wait(list(self._waiting))
         for handle in self._reconnects.values():
             handle.cancel()
         self._reconnects.clear()
@@ -962,6 +976,14 @@ class _PublishStage:
     def on_next(self, item: Any) -> None:
         entry = _Entry(item)
         self.queue.append(entry)
+        if self.writer.closing:  # like every new publish once close() began
+            error = ConnectionClosedError(
+                f"{self.writer.name} is closing: item for {self.topic!r} not published"
+            )
+            self.writer._ack_failed(self.topic, 1, error)
+            entry.result = PublishResult(item, False, error)
+            self._emit()
+            return
         try:
             value = self._value(item)
             commands = self.writer._commands_for(self.topic, value)
