@@ -16,9 +16,10 @@ Three ways to feed it, by what the producer can do:
 ``await sink.feed(items)``
     ``send`` over an iterable or async iterable; returns how many items were fed.
 
-Counts are in items (a list is one item): ``fed == confirmed + failed + pending``. Every failed
-item is counted in ``failed``, emitted on ``failures`` as a ``PublishResult`` and reported on
-the writer's ``acks`` (per command, or per item when it never reached one).
+Counts are in items (a list is one item): ``fed == confirmed + failed + pending``. Bytes are
+counted as sent: each message's body plus its 4-byte size word. Every failed item is counted in
+``failed``, emitted on ``failures`` as a ``PublishResult`` and reported on the writer's ``acks``
+(per command, or per item when it never reached one).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class _Job:
     __slots__ = ("attempt", "failed", "items", "left", "nbytes", "parts")
 
     def __init__(self, items: list[Any], nbytes: int, parts: int) -> None:
+        """``nbytes``: the items' bytes as sent (bodies plus their 4-byte size words)."""
         self.items = items
         self.nbytes = nbytes
         self.parts = parts
@@ -112,7 +114,6 @@ class Sink(abc.ObserverBase[Any]):
         self.on_overflow = on_overflow
         self.retries = retries
         self.timeout = timeout
-        self.fed = 0
         self.confirmed = 0
         self.failed = 0
         self.commands = 0
@@ -124,8 +125,13 @@ class Sink(abc.ObserverBase[Any]):
         self._max_msg_size = writer.max_msg_size
         self._buffer: list[bytes] = []
         self._buffer_size = 4  # the MPUB body: a count word, then a size word per message
-        self._pending = 0
-        self._pending_bytes = 0
+        self._fed = 0  # items fed, apart from those in the buffer
+        self._inflight = 0  # pending items apart from the buffer: sent, retried, or waiting
+        self._inflight_bytes = 0
+        # what the next buffered bodies may fill without a check of their own (fast path)
+        self._batch_items = 0
+        self._batch_bytes = 0
+        self._flush_at = max_batch - 1  # the index of a batch's last body
         self._timer: asyncio.TimerHandle | None = None
         self._open = True  # accepting items: the source has not completed, the writer is open
         self._completed = False
@@ -139,6 +145,7 @@ class Sink(abc.ObserverBase[Any]):
         self._overflowing = False
         self._flushes = 0
         self._thread: int | None = None
+        self._limits()
         try:
             writer._bind()
             self._thread = writer._thread
@@ -152,14 +159,19 @@ class Sink(abc.ObserverBase[Any]):
         )
 
     @property
+    def fed(self) -> int:
+        """Items received (``confirmed + failed + pending``)."""
+        return self._fed + len(self._buffer)
+
+    @property
     def pending(self) -> int:
         """Items received and not yet confirmed or failed (buffered, sent, or to be retried)."""
-        return self._pending
+        return self._inflight + len(self._buffer)
 
     @property
     def pending_bytes(self) -> int:
-        """Body bytes of the pending items."""
-        return self._pending_bytes
+        """Bytes of the pending items, as sent (bodies and their 4-byte size words)."""
+        return self._inflight_bytes + self._buffer_size - 4
 
     @property
     def done(self) -> asyncio.Future[None]:
@@ -173,31 +185,24 @@ class Sink(abc.ObserverBase[Any]):
 
     def on_next(self, value: Any) -> None:
         """Take one item. Never raises for a bad or unsendable item: it is counted failed."""
+        if type(value) is bytes and self._thread == _get_ident():
+            # the fast path: a body that fits in the batch and in the bounds, on the loop
+            buffer = self._buffer
+            count = len(buffer)
+            if count < self._batch_items:
+                size = len(value)
+                total = self._buffer_size + size + 4
+                if total <= self._batch_bytes and 0 < size <= self._max_msg_size:
+                    buffer.append(value)
+                    self._buffer_size = total
+                    if count == self._flush_at:
+                        self.flush()
+                    elif count == 0 and self._timer is None:
+                        self._arm_timer()
+                    return
         if self._thread != _get_ident():
             self._from_elsewhere(value)
             return
-        if type(value) is bytes and self._open:  # the fast path: a body within every bound
-            size = len(value)
-            if (
-                0 < size <= self._max_msg_size
-                and self._pending < self.max_pending
-                and self._pending_bytes + size <= self.max_pending_bytes
-            ):
-                self.fed += 1
-                self._pending += 1
-                self._pending_bytes += size
-                total = self._buffer_size + 4 + size
-                if total > self.max_bytes and self._buffer:
-                    self.flush()
-                    total = 8 + size
-                buffer = self._buffer
-                buffer.append(value)
-                self._buffer_size = total
-                if len(buffer) >= self.max_batch:
-                    self.flush()
-                elif self._timer is None:
-                    self._arm_timer()
-                return
         self._put(value, bounded=True)
 
     def on_error(self, error: Exception) -> None:
@@ -218,9 +223,14 @@ class Sink(abc.ObserverBase[Any]):
 
     def _complete(self) -> None:
         self._completed = True
-        self._open = False
-        self.flush()
+        self._close_intake()
         self._check_done()
+
+    def _close_intake(self) -> None:
+        """Take no more items (each later one fails); send what is buffered."""
+        self._open = False
+        self._batch_items = 0  # every item goes through the general path, which refuses it
+        self.flush()
 
     # --- feeding with backpressure ---------------------------------------------------------------
 
@@ -262,9 +272,20 @@ class Sink(abc.ObserverBase[Any]):
         return count
 
     def _has_room(self, size: int) -> bool:
-        return self._pending < self.max_pending and (
-            self._pending == 0 or self._pending_bytes + size <= self.max_pending_bytes
+        """Room for one more item of ``size`` body bytes (an item alone always fits)."""
+        pending = self.pending
+        return pending < self.max_pending and (
+            pending == 0 or self.pending_bytes + size + 4 <= self.max_pending_bytes
         )
+
+    def _limits(self) -> None:
+        """What the buffer may take on the fast path, from the room left once what is already
+        sent is counted; recomputed whenever that changes."""
+        if not self._open:
+            self._batch_items = 0
+            return
+        self._batch_items = min(self.max_batch, self.max_pending - self._inflight)
+        self._batch_bytes = min(self.max_bytes, 4 + self.max_pending_bytes - self._inflight_bytes)
 
     # --- off the loop --------------------------------------------------------------------------
 
@@ -290,8 +311,8 @@ class Sink(abc.ObserverBase[Any]):
 
     def _has_room_for_thread(self) -> bool:
         return (
-            self._pending + self._handed < self.max_pending
-            and self._pending_bytes < self.max_pending_bytes
+            self.pending + self._handed < self.max_pending
+            and self.pending_bytes < self.max_pending_bytes
         )
 
     def _put_handed(self, value: Any) -> None:
@@ -305,52 +326,58 @@ class Sink(abc.ObserverBase[Any]):
     # --- the general path ------------------------------------------------------------------------
 
     def _put(self, value: Any, bounded: bool) -> None:
+        """The general path: any item, checked; ``bounded=False`` for items whose producer
+        already waited for room (a thread with ``on_overflow="block"``)."""
         if self._thread is None:
             self._bind()
-        self.fed += 1
         if not self._open:
-            self._fail_item(value, self._not_open_error(), acked=False)
+            self._refuse(value, self._not_open_error())
             return
         if isinstance(value, Deferred | list | tuple):
             try:
                 commands = self.writer._commands_for(self.topic, value)
             except NSQError as exc:
-                self._fail_item(value, exc, acked=False)
+                self._refuse(value, exc)
                 return
             size = sum(len(data) for data, _count in commands)
             if bounded and not self._make_room(size):
                 self._overflow(value)
                 return
-            self._pending += 1
-            self._pending_bytes += size
             if isinstance(value, list | tuple):
                 self.flush()  # what came before goes first
-            self._start_job(_Job([value], size, len(commands)), commands)
+            self._fed += 1
+            self._inflight += 1
+            self._inflight_bytes += size + 4
+            self._limits()
+            self._start_job(_Job([value], size + 4, len(commands)), commands)
             return
         try:
             body = body_bytes(value, self.topic, self._max_msg_size)
         except InvalidBodyError as exc:
-            self._fail_item(value, exc, acked=False)
+            self._refuse(value, exc)
             return
         size = len(body)
         if bounded and not self._make_room(size):
             self._overflow(body)
             return
-        self._pending += 1
-        self._pending_bytes += size
-        total = self._buffer_size + 4 + size
-        if total > self.max_bytes and self._buffer:
+        if self._buffer and self._buffer_size + 4 + size > self.max_bytes:
             self.flush()
-            total = 8 + size
         self._buffer.append(body)
-        self._buffer_size = total
+        self._buffer_size += 4 + size
         if len(self._buffer) >= self.max_batch:
             self.flush()
         elif self._timer is None:
             self._arm_timer()
 
+    def _refuse(self, value: Any, error: Exception) -> None:
+        """An item fed that never becomes pending: counted fed and failed at once."""
+        self._fed += 1
+        self._fail_item(value, error, acked=False)
+
     def _arm_timer(self) -> None:
-        """The first item of a batch: send it ``max_delay`` from now; connect if not yet."""
+        """A batch began with no timer running: it is sent at the latest ``max_delay`` from
+        now (a timer is not cancelled by a flush: it may send a later batch early, which
+        costs less than a timer per batch). Connects the writer if it is not yet."""
         writer = self.writer
         writer._ensure_started()
         assert writer._loop is not None
@@ -373,8 +400,7 @@ class Sink(abc.ObserverBase[Any]):
         while self._buffer and not self._has_room(size):
             dropped = self._buffer.pop(0)
             self._buffer_size -= 4 + len(dropped)
-            self._release(1, len(dropped))
-            self._fail_item(dropped, self._overflow_error(), acked=False)
+            self._refuse(dropped, self._overflow_error())
         return self._has_room(size)
 
     def _overflow(self, value: Any) -> None:
@@ -387,11 +413,11 @@ class Sink(abc.ObserverBase[Any]):
                 else ""
             )
             logger.warning("%s; failing items until there is room%s", error, hint)
-        self._fail_item(value, error, acked=False)
+        self._refuse(value, error)
 
     def _overflow_error(self) -> SinkOverflowError:
         return SinkOverflowError(
-            f"sink for {self.topic!r} is full: {self._pending} items / {self._pending_bytes} "
+            f"sink for {self.topic!r} is full: {self.pending} items / {self.pending_bytes} "
             f"bytes unconfirmed (max_pending={self.max_pending}, max_pending_bytes="
             f"{self.max_pending_bytes}); feed with `await sink.send(item)` to wait for room"
         )
@@ -407,17 +433,18 @@ class Sink(abc.ObserverBase[Any]):
         if self._thread is not None and self._thread != _get_ident():
             self.writer._post(self.flush)
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         bodies = self._buffer
         if not bodies:
             return
         count = len(bodies)
-        nbytes = self._buffer_size - 4 - 4 * count
+        nbytes = self._buffer_size - 4
         self._buffer = []
         self._buffer_size = 4
         self._flushes += 1
+        self._fed += count
+        self._inflight += count
+        self._inflight_bytes += nbytes
+        self._limits()
         if count == 1:
             data = protocol.encode_checked_pub(self.topic, bodies[0])
         else:
@@ -494,9 +521,10 @@ class Sink(abc.ObserverBase[Any]):
         self._check_done()
 
     def _release(self, items: int, nbytes: int) -> None:
-        self._pending -= items
-        self._pending_bytes -= nbytes
-        if self._overflowing and self._pending <= self.max_pending // 2:
+        self._inflight -= items
+        self._inflight_bytes -= nbytes
+        self._limits()
+        if self._overflowing and self.pending <= self.max_pending // 2:
             self._overflowing = False
         room = self._room
         if room:
@@ -510,26 +538,30 @@ class Sink(abc.ObserverBase[Any]):
 
     def _check_done(self) -> None:
         done = self._done
-        if self._completed and self._pending == 0 and done is not None and not done.done():
+        if self._completed and self.pending == 0 and done is not None and not done.done():
             done.set_result(None)
 
     # --- closing ---------------------------------------------------------------------------------
 
     def closing(self) -> None:
         """The writer is closing: take no more items, send what is buffered."""
-        self._open = False
-        self.flush()
+        self._close_intake()
 
     def abandon(self, error: NSQError) -> None:
         """The writer is closed: whatever is still buffered or waiting to be retried fails."""
         self._closed_error = error
         self._open = False
+        self._batch_items = 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._buffer:
-            bodies, self._buffer, self._buffer_size = self._buffer, [], 4
-            self._fail_job(_Job(bodies, sum(len(b) for b in bodies), 1), error)
+            bodies, nbytes = self._buffer, self._buffer_size - 4
+            self._buffer, self._buffer_size = [], 4
+            self._fed += len(bodies)
+            self._inflight += len(bodies)
+            self._inflight_bytes += nbytes
+            self._fail_job(_Job(bodies, nbytes, 1), error)
         for job, handle in list(self._retrying.items()):
             handle.cancel()
             del self._retrying[job]

@@ -422,9 +422,17 @@ class Writer:
             self._valid_topics.add(topic)
 
     def _issue(
-        self, conn: Connection, data: bytes, topic: str, count: int, timeout: float, started: float
+        self,
+        conn: Connection,
+        data: bytes,
+        topic: str,
+        count: int,
+        timeout: float,
+        started: float,
+        done: Done | None = None,
     ) -> asyncio.Future[bytes]:
-        """Send one publish command on ``conn``; watched for its timeout and for close."""
+        """Send one publish command on ``conn``; watched for its timeout and for close; its
+        outcome goes to ``acks`` and to ``done`` (one callback for both)."""
         future = conn._command(data)
         deadline = started + timeout
         tracked = self._tracked.get(timeout)
@@ -440,22 +448,33 @@ class Writer:
                 sweep.cancel()
             assert self._loop is not None
             self._sweep = self._loop.call_at(deadline, self._expire)
-        if self.acks.observers:
-            future.add_done_callback(partial(self._acked, topic, count, conn.address, started))
+        if done is not None or self.acks.observers:
+            future.add_done_callback(
+                partial(self._answered, topic, count, conn.address, started, done)
+            )
         return future
 
-    def _acked(
-        self, topic: str, count: int, address: str, started: float, future: asyncio.Future[bytes]
+    def _answered(
+        self,
+        topic: str,
+        count: int,
+        address: str,
+        started: float,
+        done: Done | None,
+        future: asyncio.Future[bytes],
     ) -> None:
         error = (
             None
             if not future.cancelled() and future.exception() is None
             else self._error_of(future)
         )
-        assert self._loop is not None
-        self.acks.on_next(
-            PublishAck(topic, count, error is None, error, address, self._loop.time() - started)
-        )
+        if self.acks.observers:
+            assert self._loop is not None
+            self.acks.on_next(
+                PublishAck(topic, count, error is None, error, address, self._loop.time() - started)
+            )
+        if done is not None:
+            done(error)
 
     @staticmethod
     def _error_of(future: asyncio.Future[Any]) -> NSQError:
@@ -546,18 +565,10 @@ class Writer:
     ) -> None:
         for data, count in commands:
             try:
-                future = self._issue(conn, data, topic, count, timeout, started)
+                self._issue(conn, data, topic, count, timeout, started, done)
             except NSQError as exc:  # the connection is closing under us
                 self._ack_failed(topic, count, exc)
                 done(exc)
-                continue
-            future.add_done_callback(partial(self._command_done, done))
-
-    def _command_done(self, done: Done, future: asyncio.Future[bytes]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            done(None)
-        else:
-            done(self._error_of(future))
 
     # --- awaitable publishing ------------------------------------------------------------------
 
