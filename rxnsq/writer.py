@@ -547,10 +547,15 @@ class Writer:
         try:
             self._ensure_started()
             conn = await self._wait_connection(topic, started + timeout)
-        except NSQError as exc:
+        except Exception as exc:  # NSQError; anything else is a bug, still reported per command
+            error = exc
+            if not isinstance(exc, NSQError):
+                logger.exception("%s: waiting for a connection failed", self.name)
+                error = NSQConnectionError(f"{self.name}: {exc!r}")
+                error.__cause__ = exc
             for _data, count in commands:
-                self._ack_failed(topic, count, exc)
-                done(exc)
+                self._ack_failed(topic, count, error)
+                done(error)
             return
         self._issue_all(conn, topic, commands, timeout, started, done)
 

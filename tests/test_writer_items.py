@@ -143,10 +143,13 @@ async def test_bad_items_through_the_sink_and_publish_publish_nothing(nsqd, capl
     sink.failures.subscribe(failures.append)
     for item in bad_items:
         sink.on_next(item)
+    for item in bad_items:
+        await sink.send(item)
+    assert await sink.feed(iter(bad_items)) == len(bad_items)
     sink.on_completed()
     await asyncio.wait_for(sink.done, 5)
-    assert sink.fed == sink.failed == len(bad_items) and sink.confirmed == 0
-    assert len(failures) == len(bad_items)
+    assert sink.fed == sink.failed == 3 * len(bad_items) and sink.confirmed == 0
+    assert len(failures) == 3 * len(bad_items)
     assert all(isinstance(f.error, errors.InvalidBodyError) for f in failures)
 
     results: list[PublishResult[Any]] = []
