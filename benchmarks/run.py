@@ -1062,7 +1062,8 @@ def markdown(report: dict[str, Any]) -> str:
             continue
         cells = [_cell(clients.get(c), "throughput") for c in (PYNSQ, RXNSQ, GO, NSQ)]
         if scenario_id in COMPARED_WITH:
-            cells = ["(MPUB row)" if c == NA else c for c in cells]
+            label = "(MPUB row)" if row["kind"] == "publish" else "(mif 2500 row)"
+            cells = [label if c == NA else c for c in cells]
         if row.get("timed") is False:
             cells = [c if c == NA else f"({c})" for c in cells]
         out.append(

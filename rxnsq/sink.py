@@ -236,40 +236,53 @@ class Sink(abc.ObserverBase[Any]):
 
     async def send(self, item: Any) -> None:
         """Feed one item, first waiting (never failing) while the sink is full."""
-        if self._thread is None:
-            self._bind()
-        if self._thread != _get_ident():
-            raise RuntimeError(
-                "await sink.send() on the writer's loop; from another thread call "
-                "sink.on_next(item) (with on_overflow='block' to wait for room)"
-            )
-        size = _size_hint(item)
-        while self._open and not self._has_room(size):
-            waiter = asyncio.get_running_loop().create_future()
-            self._room.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._room:
-                    self._room.remove(waiter)
-        flushes = self._flushes
-        self.on_next(item)
-        if self._flushes != flushes:
-            await asyncio.sleep(0)  # let the batch go out while the producer goes on
+        self._check_loop_thread("send")
+        await self._put_waiting(item)
 
     async def feed(self, items: Iterable[Any] | AsyncIterable[Any]) -> int:
         """``send`` every item of an iterable or async iterable; returns how many were fed.
         The sink is not completed: call ``on_completed()`` when there is nothing more."""
+        self._check_loop_thread("feed")
         count = 0
         if isinstance(items, AsyncIterable):
             async for item in items:
-                await self.send(item)
+                await self._put_waiting(item)
                 count += 1
         else:
             for item in items:
-                await self.send(item)
+                await self._put_waiting(item)
                 count += 1
         return count
+
+    def _check_loop_thread(self, name: str) -> None:
+        if self._thread is None:
+            self._bind()
+        if self._thread != _get_ident():
+            raise RuntimeError(
+                f"await sink.{name}() on the writer's loop; from another thread call "
+                "sink.on_next(item) (with on_overflow='block' to wait for room)"
+            )
+
+    async def _put_waiting(self, item: Any) -> None:
+        # a body the fast path takes has room by construction: no further check
+        if not (
+            type(item) is bytes
+            and len(self._buffer) < self._batch_items
+            and self._buffer_size + len(item) + 4 <= self._batch_bytes
+        ):
+            size = _size_hint(item)
+            while self._open and not self._has_room(size):
+                waiter = asyncio.get_running_loop().create_future()
+                self._room.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    if waiter in self._room:
+                        self._room.remove(waiter)
+        flushes = self._flushes
+        self.on_next(item)
+        if self._flushes != flushes:
+            await asyncio.sleep(0)  # let the batch go out while the producer goes on
 
     def _has_room(self, size: int) -> bool:
         """Room for one more item of ``size`` body bytes (an item alone always fits)."""
