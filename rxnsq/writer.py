@@ -613,7 +613,7 @@ class Writer:
 
         def prepare() -> tuple[bytes, int]:
             items = _items.bodies_bytes(bodies, topic, self.max_msg_size)
-            size = 4 + sum(4 + len(b) for b in items)
+            size = 4 + 4 * len(items) + sum(map(len, items))
             if size > self.max_body_size:
                 raise InvalidBodyError(
                     f"MPUB to {topic!r} of {size} bytes is above max_body_size "
