@@ -4,6 +4,11 @@ The tree::
 
     NSQError                          root of everything rxnsq raises
     ├── ConfigError (ValueError)      an option out of range; names the option and its range
+    │   └── IdentifyRefusedError      nsqd refused an IDENTIFY option (above its maximum...)
+    ├── StateError (RuntimeError)     the call does not fit the object's state (peek on a
+    │                                 reader that is consuming)
+    ├── NegotiationError              nsqd did not grant a feature that must not be done
+    │                                 without (TLS asked for, or TLS required by nsqd)
     ├── InvalidNameError (ValueError) a topic or channel name nsqd would refuse
     ├── InvalidBodyError (ValueError) an empty or oversized message body, an empty MPUB
     ├── FrameError                    the peer's bytes are not NSQ frames (corrupt, oversized,
@@ -61,6 +66,7 @@ __all__ = [
     "HTTPInvalidBodyError",
     "HTTPInvalidNameError",
     "IdentifyError",
+    "IdentifyRefusedError",
     "InvalidBodyError",
     "InvalidError",
     "InvalidNameError",
@@ -68,8 +74,10 @@ __all__ = [
     "MessageResponseError",
     "NSQConnectionError",
     "NSQError",
+    "NegotiationError",
     "ProtocolError",
     "PublishError",
+    "StateError",
     "SubscribeError",
     "WrongPortError",
     "error_from_frame",
@@ -92,6 +100,23 @@ class ConfigError(NSQError, ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"invalid {option}={value!r}: {allowed}")
+
+
+class IdentifyRefusedError(ConfigError):
+    """nsqd refused an IDENTIFY option: ``option``, the ``value`` sent, nsqd's ``answer``."""
+
+    def __init__(self, option: str, value: object, answer: str) -> None:
+        super().__init__(option, value, f"nsqd refused it ({answer})")
+        self.answer = answer
+
+
+class StateError(NSQError, RuntimeError):
+    """The call does not fit the object's state, e.g. ``peek()`` on a consuming reader."""
+
+
+class NegotiationError(NSQError):
+    """nsqd did not grant a feature that must not be done without: TLS asked for and not
+    granted, or TLS required by nsqd and not asked for. Fatal: retrying cannot help."""
 
 
 class InvalidNameError(NSQError, ValueError):
