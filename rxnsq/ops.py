@@ -10,37 +10,44 @@ what fails is requeued, and a bad input does not slow the channel down:
 ``where(pred)``    drops (and FINs) messages whose value fails ``pred``
 ``process(fn)``    runs ``fn(value)``; FIN and emit on return, REQ with backoff on raise
 ``process_async``  the same for a coroutine function, at most ``concurrency`` at once
-``batch(...)``     lists by count, time and bytes; never empty; TOUCHes what it holds
+``batch(...)``     lists by count, time and bytes, optionally one per key; never empty;
+                   TOUCHes what it holds; flushes early when the reader is starved
 ``process_batch``  ``fn(values)``; FIN all on success, REQ all (one backoff step) on raise
 ``settle()``       FIN every Message, REQ every :class:`Failure`
+``guard(op)``      wraps a standard RxPY operator that drops messages (filter, distinct,
+                   debounce...): what it drops is settled, never left to time out
 ``take(n)``        the first ``n`` messages; later ones are requeued at once
 ``peek(n)``        the first ``n`` messages, requeued at once (look without consuming)
 =================  ====================================================================
 
-All timers run on the running asyncio loop; nothing is emitted synchronously from inside a
-``fin()``/``req()`` call.
+Timers run on the scheduler given at subscription, by default the running loop's; nothing is
+emitted synchronously from inside a ``fin()``/``req()`` call. What a subscriber raises when
+an operator emits from a timer (a batch closing on time) is caught there: the messages it
+concerned are requeued and the error is reported to the reader (``reader.errors``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import reactivex
 from reactivex import abc
 from reactivex.disposable import CompositeDisposable, Disposable
 
 from .errors import ConfigError
-from .message import Message
+from .message import Delivery, Message
+from .scheduler import loop_scheduler
 
 __all__ = [
     "Batch",
     "Failure",
     "batch",
     "decode",
+    "guard",
     "peek",
     "process",
     "process_async",
@@ -68,12 +75,14 @@ class Failure(Generic[T]):
 
 
 class Batch(Sequence[Message[T]]):
-    """Messages handled together; settle them with ``fin_all`` or ``req_all``."""
+    """Messages handled together; settle them with ``fin_all`` or ``req_all``. ``key`` is
+    the key of a keyed batch (``batch(..., key=fn)``), None otherwise."""
 
-    __slots__ = ("_messages",)
+    __slots__ = ("_messages", "key")
 
-    def __init__(self, messages: list[Message[T]]) -> None:
+    def __init__(self, messages: list[Message[T]], key: Hashable | None = None) -> None:
         self._messages = messages
+        self.key = key
 
     @overload
     def __getitem__(self, index: int) -> Message[T]: ...
@@ -89,7 +98,8 @@ class Batch(Sequence[Message[T]]):
         return iter(self._messages)
 
     def __repr__(self) -> str:
-        return f"<Batch of {len(self._messages)}>"
+        keyed = "" if self.key is None else f" key={self.key!r}"
+        return f"<Batch of {len(self._messages)}{keyed}>"
 
     @property
     def values(self) -> list[T]:
@@ -133,13 +143,36 @@ def _report(stage: str, message: Message[Any], exc: BaseException, hook: ErrorHo
         )
 
 
+def _caught(error: Exception, stage: str, messages: Sequence[Message[Any]]) -> None:
+    """User code raised while a stage emitted ``messages``: requeue what is unsettled (one
+    backoff step for all) and report the error once to the reader that delivered them."""
+    unsettled = [m for m in messages if m.outcome is None]
+    if unsettled:
+        Batch(unsettled).req_all(backoff=True)
+    first = messages[0] if messages else None
+    consumer = first.consumer if first is not None else None
+    if consumer is not None:
+        consumer.report_error(error, stage, first)
+    else:
+        logger.error("%s: a subscriber raised: %r", stage, error, exc_info=error)
+
+
+def _emit(
+    observer: abc.ObserverBase[Any], item: Any, stage: str, messages: Sequence[Message[Any]]
+) -> None:
+    """``observer.on_next(item)`` inside the boundary (for emissions from timers and tasks,
+    where no reader is below on the stack to catch what the subscriber raises)."""
+    try:
+        observer.on_next(item)
+    except Exception as exc:
+        _caught(exc, stage, messages)
+
+
 def _touch_interval(message: Message[Any], override: float | None) -> float:
     """How often to TOUCH a held message: ``override``, else half the negotiated timeout."""
     if override is not None:
         return override
-    granted = getattr(message.connection, "identify_response", None)
-    timeout_ms = getattr(granted, "msg_timeout", 0) or 60000
-    return float(timeout_ms) / 2000
+    return message.connection.msg_timeout / 2
 
 
 def _keep_alive(
@@ -292,11 +325,12 @@ def process_async(
                     message.req(delay, backoff=backoff)
                     _report("process_async", message, exc, on_error)
                     if emit_failures and not state["disposed"]:
-                        observer.on_next(Failure(message, exc))
+                        _emit(observer, Failure(message, exc), "process_async", [message])
                 else:
                     message.fin()
                     if not state["disposed"]:
-                        observer.on_next(message.with_value(task.result()))
+                        result = message.with_value(task.result())
+                        _emit(observer, result, "process_async", [message])
                 if waiting and not state["disposed"]:
                     start(waiting.pop(0))
                 elif not running and state["completed"] and not state["disposed"]:
@@ -331,72 +365,98 @@ def process_async(
     return apply
 
 
+class _Open:
+    """One open batch of :func:`batch`: its messages, bytes and timers."""
+
+    __slots__ = ("flush_timer", "messages", "size", "touch_timer")
+
+    def __init__(self) -> None:
+        self.messages: list[Message[Any]] = []
+        self.size = 0
+        self.flush_timer: abc.DisposableBase | None = None
+        self.touch_timer: abc.DisposableBase | None = None
+
+    def cancel_timers(self) -> None:
+        for timer in (self.flush_timer, self.touch_timer):
+            if timer is not None:
+                timer.dispose()
+        self.flush_timer = self.touch_timer = None
+
+
 def batch(
     count: int,
     timespan: float,
     max_bytes: int | None = None,
     *,
+    key: Callable[[Any], Hashable] | None = None,
     touch_interval: float | None = None,
 ) -> Operator:
     """Group messages into :class:`Batch` es of at most ``count`` messages and ``max_bytes``
     body bytes, emitted when full or ``timespan`` seconds after the batch's first message.
 
-    Never emits an empty batch. ``count`` must not exceed the reader's max_in_flight (a batch
-    that can never fill only closes on time); the batch is also emitted early when the reader
-    is starved (nsqd sends no more until messages are settled) or starts closing. While a
-    batch is open its messages are TOUCHed
-    every ``touch_interval`` seconds (default: half the negotiated msg_timeout) so they do not
-    time out. On completion the open batch is emitted; on dispose it is requeued.
+    With ``key``, one batch is open per ``key(value)`` (emitted with ``batch.key``), and
+    the same rules hold for each. Never emits an empty batch. ``count`` must not exceed the
+    reader's max_in_flight (a batch that can never fill only closes on time). Every open batch
+    is emitted early when the reader is starved (nsqd sends no more until messages are
+    settled) or starts closing, so keys x count can never stall the window. While a batch is
+    open its messages are TOUCHed every ``touch_interval`` seconds (default: half the
+    negotiated msg_timeout) so they do not time out. On completion the open batches are
+    emitted; on dispose they are requeued.
     """
-    if count < 1:
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ConfigError("count", count, "an int >= 1")
-    if timespan <= 0:
+    if not isinstance(timespan, int | float) or not timespan > 0:
         raise ConfigError("timespan", timespan, "a number of seconds > 0")
-    if max_bytes is not None and max_bytes < 1:
+    if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 1):
         raise ConfigError("max_bytes", max_bytes, "an int >= 1, or None")
+    if key is not None and not callable(key):
+        raise ConfigError("key", key, "a function of the message value, or None")
+    if touch_interval is not None and (
+        not isinstance(touch_interval, int | float) or not touch_interval > 0
+    ):
+        raise ConfigError("touch_interval", touch_interval, "a number of seconds > 0, or None")
 
     def apply(source: reactivex.Observable[Any]) -> reactivex.Observable[Any]:
         def subscribe(
             observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
-            loop = asyncio.get_running_loop()
-            current: list[Message[Any]] = []
-            size = 0
-            timers: dict[str, asyncio.TimerHandle | None] = {"flush": None, "touch": None}
-            checked = False
-
-            def cancel_timers() -> None:
-                for name, handle in timers.items():
-                    if handle is not None:
-                        handle.cancel()
-                    timers[name] = None
-
-            def flush() -> None:
-                nonlocal current, size
-                cancel_timers()
-                if not current:
-                    return
-                out, current, size = Batch(current), [], 0
-                observer.on_next(out)
-
-            def touch() -> None:
-                for message in current:
-                    message.touch()
-                timers["touch"] = loop.call_later(interval_for(current[0]), touch)
-
-            def interval_for(message: Message[Any]) -> float:
-                return _touch_interval(message, touch_interval)
-
+            timers = scheduler or loop_scheduler()
+            open_batches: dict[Hashable, _Open] = {}
             consumer: Any = None
             closing_subscription: abc.DisposableBase | None = None
+            checked = False
+
+            def flush(group: Hashable) -> None:
+                current = open_batches.pop(group, None)
+                if current is None:
+                    return
+                current.cancel_timers()
+                if current.messages:
+                    out = Batch(current.messages, group if key is not None else None)
+                    _emit(observer, out, "batch", current.messages)
+
+            def flush_all() -> None:
+                for group in list(open_batches):
+                    flush(group)
+
+            def schedule_touch(group: Hashable, current: _Open) -> None:
+                interval = _touch_interval(current.messages[0], touch_interval)
+
+                def touch(_scheduler: Any = None, _state: Any = None) -> None:
+                    if open_batches.get(group) is current:
+                        for message in current.messages:
+                            message.touch()
+                        schedule_touch(group, current)
+
+                current.touch_timer = timers.schedule_relative(interval, touch)
 
             def check(message: Message[Any]) -> bool:
                 nonlocal consumer, closing_subscription
-                consumer = getattr(message.connection, "consumer", None)
-                closing = getattr(consumer, "closing", None)
-                if closing is not None:
-                    closing_subscription = closing.subscribe(on_next=lambda _: flush())
-                limit = getattr(consumer, "max_in_flight", None)
+                consumer = message.consumer
+                if consumer is None:
+                    return True
+                closing_subscription = consumer.closing.subscribe(on_next=lambda _: flush_all())
+                limit = consumer.max_in_flight
                 if limit and count > limit:
                     observer.on_error(
                         ConfigError("count", count, f"at most the reader's max_in_flight ({limit})")
@@ -406,35 +466,51 @@ def batch(
                 return True
 
             def on_next(message: Message[Any]) -> None:
-                nonlocal size, checked
+                nonlocal checked
                 if not checked:
                     if not check(message):
                         return
                     checked = True
+                group = key(message.value) if key is not None else None
+                current = open_batches.get(group)
                 body = len(message.body)
-                if max_bytes is not None and current and size + body > max_bytes:
-                    flush()
-                current.append(message)
-                size += body
-                if len(current) == 1:
-                    timers["flush"] = loop.call_later(timespan, flush)
-                    timers["touch"] = loop.call_later(interval_for(message), touch)
-                if len(current) >= count or (max_bytes is not None and size >= max_bytes):
-                    flush()
+                if (
+                    current is not None
+                    and max_bytes is not None
+                    and current.size + body > max_bytes
+                ):
+                    flush(group)
+                    current = None
+                if current is None:
+                    current = open_batches[group] = _Open()
+                    current.messages.append(message)
+                    current.size = body
+                    current.flush_timer = timers.schedule_relative(
+                        timespan, lambda *_: flush(group)
+                    )
+                    schedule_touch(group, current)
+                else:
+                    current.messages.append(message)
+                    current.size += body
+                if len(current.messages) >= count or (
+                    max_bytes is not None and current.size >= max_bytes
+                ):
+                    flush(group)
                 elif consumer is not None and consumer.is_starved():
-                    flush()  # nsqd will send no more until some are settled: do not wait
+                    flush_all()  # nsqd will send no more until some are settled: do not wait
 
             def on_completed() -> None:
-                flush()
+                flush_all()
                 observer.on_completed()
 
             def dispose() -> None:
-                cancel_timers()
                 if closing_subscription is not None:
                     closing_subscription.dispose()
-                for message in current:
-                    message.req(0, backoff=False)
-                current.clear()
+                for current in open_batches.values():
+                    current.cancel_timers()
+                    for message in current.messages:
+                        message.req(0, backoff=False)
+                open_batches.clear()
 
             subscription = source.subscribe(
                 on_next, observer.on_error, on_completed, scheduler=scheduler
@@ -492,6 +568,116 @@ def settle() -> Operator:
         observer.on_next(item)
 
     return _operator(on_next)
+
+
+DroppedPolicy = Literal["fin", "req"] | Callable[[Message[Any]], Any]
+
+
+def guard(
+    operator: Callable[[reactivex.Observable[Any]], reactivex.Observable[Any]],
+    *,
+    dropped: DroppedPolicy = "fin",
+    holds: bool = False,
+) -> Operator:
+    """Run a standard RxPY ``operator`` that passes some messages through and drops others
+    (``filter``, ``distinct``, ``skip``, ``take_while``, ``debounce``, ``sample``...), and
+    settle what it drops: ``"fin"`` (default), ``"req"`` (at once, no backoff) or a function
+    of the message.
+
+    ``holds=False`` (filter, distinct, skip...): a message the operator did not emit while it
+    received it was dropped. ``holds=True`` (debounce, sample, throttle...: it may emit later):
+    when the operator emits a message, every message that entered before it and did not come
+    out was dropped. On completion whatever did not come out was dropped; on dispose it is
+    requeued. The operator must emit the messages it received (``Message`` objects), not
+    new values: map after the guard.
+    """
+    if dropped not in ("fin", "req") and not callable(dropped):
+        raise ConfigError("dropped", dropped, '"fin", "req" or a function of the message')
+    if not callable(operator):
+        raise ConfigError("operator", operator, "an RxPY operator (a function of an Observable)")
+
+    def settle_dropped(message: Message[Any]) -> None:
+        if message.outcome is not None:
+            return
+        if dropped == "fin":
+            message.fin()
+        elif dropped == "req":
+            message.req(0, backoff=False)
+        else:
+            try:
+                dropped(message)  # type: ignore[operator]
+            except Exception as exc:
+                _caught(exc, "guard's dropped function", [message])
+
+    def apply(source: reactivex.Observable[Any]) -> reactivex.Observable[Any]:
+        def subscribe(
+            observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            inside: dict[Delivery, Message[Any]] = {}  # entered, not (yet) out, in order
+            feed: list[abc.ObserverBase[Any]] = []
+            finished = False
+
+            def inlet(
+                inner: abc.ObserverBase[Any], _scheduler: abc.SchedulerBase | None = None
+            ) -> abc.DisposableBase:
+                feed.append(inner)
+                return Disposable(lambda: inner in feed and feed.remove(inner))
+
+            def out_next(item: Any) -> None:
+                if isinstance(item, Message):
+                    delivery = item.delivery
+                    if holds and delivery in inside:
+                        for earlier in list(inside):
+                            if earlier is delivery:
+                                break
+                            settle_dropped(inside.pop(earlier))
+                    inside.pop(delivery, None)
+                observer.on_next(item)
+
+            def out_completed() -> None:
+                nonlocal finished
+                finished = True
+                for message in list(inside.values()):
+                    settle_dropped(message)
+                inside.clear()
+                observer.on_completed()
+
+            output = operator(reactivex.create(inlet)).subscribe(
+                out_next, observer.on_error, out_completed, scheduler=scheduler
+            )
+
+            def on_next(message: Message[Any]) -> None:
+                if finished:
+                    message.req(0, backoff=False)  # the operator is done: give it back
+                    return
+                delivery = message.delivery
+                inside[delivery] = message
+                for inner in list(feed):
+                    inner.on_next(message)
+                if not holds and inside.get(delivery) is message:
+                    del inside[delivery]
+                    settle_dropped(message)
+
+            def on_error(error: Exception) -> None:
+                for inner in list(feed):
+                    inner.on_error(error)
+
+            def on_completed() -> None:
+                for inner in list(feed):
+                    inner.on_completed()
+
+            def dispose() -> None:
+                for message in inside.values():
+                    if message.outcome is None:
+                        message.req(0, backoff=False)
+                inside.clear()
+
+            upstream = source.subscribe(on_next, on_error, on_completed, scheduler=scheduler)
+            return CompositeDisposable(upstream, output, Disposable(dispose))
+
+        return reactivex.create(subscribe)
+
+    return apply
 
 
 def _take(n: int, requeue_taken: bool) -> Operator:

@@ -92,11 +92,11 @@ class Reader:
     def _run(self) -> None:
         if self.message_handler is None and type(self).process_message is Reader.process_message:
             raise ValueError("a message_handler must be set before the reader starts")
-        if self._subscription is not None or self.reader._closing:
+        if self._subscription is not None or self.reader.is_closing:
             return
         self.reader.events.subscribe(self._on_event)
         self._subscription = self.reader.messages.subscribe(self._on_message)
-        asyncio.get_running_loop().create_task(self.reader.start())
+        asyncio.get_running_loop().create_task(self.reader.start(require_nsqd=False))
         logger.info("[%s] starting reader", self.name)
 
     def _on_event(self, event: core.ReaderEvent) -> None:
