@@ -152,8 +152,9 @@ async def test_tls_required(nsqd_factory, tls_files, client_tls) -> None:  # typ
     await round_trip(nsqd.tcp_address, count=50, tls_v1=True, tls_options=client_tls)
     # without TLS, nsqd refuses every command after IDENTIFY
     plain = await connect(nsqd.tcp_address)
-    with pytest.raises(errors.InvalidError, match="TLS"):
+    with pytest.raises(errors.NegotiationError, match="requires TLS") as caught:
         await plain.pub("rt", b"x")
+    assert isinstance(caught.value.__cause__, errors.InvalidError)  # nsqd's own words
     assert plain.closed
 
 

@@ -16,18 +16,11 @@ import rxnsq.ops as nsq
 from rxnsq import errors
 from rxnsq.connection import Connection
 from rxnsq.reader import Reader
-from rxnsq.testing import eventually, wait_until
+from rxnsq.testing import eventually, publish, wait_until
 from rxnsq.testing.faults import FaultyProxy, ScriptedPeer, frame
 from rxnsq.writer import Writer
 
 pytestmark = pytest.mark.nsqd
-
-
-async def publish(address: str, topic: str, bodies: list[bytes]) -> None:
-    writer = Writer(address)
-    for i in range(0, len(bodies), 500):
-        await writer.mpub(topic, bodies[i : i + 500])
-    await writer.close()
 
 
 class Tally:
@@ -353,7 +346,6 @@ async def test_hostile_peer_gives_a_typed_error_and_the_reader_retries(case: str
                     max_frame_size=1 << 20)  # fmt: skip
     reader.events.subscribe(events.append)
     reader.messages.subscribe(on_error=events.append)
-    await reader.start()
     if case == "HTTP reply":
         # a wrong port is a configuration error: no reconnect can fix it, the stream fails
         await eventually(lambda: any(isinstance(e, errors.WrongPortError) for e in events))

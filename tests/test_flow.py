@@ -149,6 +149,7 @@ def test_backoff_is_consumer_wide_and_tests_one_connection() -> None:
     peers = [FakePeer(n) for n in "abc"]
     for p in peers:
         flow.add(p)
+    loop.advance(flow.room_delay)  # raises wait until nsqd surely read the lowered RDY
     wire.take()
     wire.settle(flow, peers[0], "REQ x", True)
     log = wire.take()
@@ -191,13 +192,37 @@ def test_joining_lowers_others_before_raising_the_new_one() -> None:
     a, b, c = FakePeer("a"), FakePeer("b"), FakePeer("c")
     flow.add(a)
     flow.add(b)
+    # nsqd may still act on "a: RDY 100" until it reads "a: RDY 50": b waits room_delay
+    assert wire.take() == ["a: RDY 100", "a: RDY 50"]
+    loop.advance(flow.room_delay)
+    assert wire.take() == ["b: RDY 50"]
     flow.add(c)
-    assert wire.take() == [
-        "a: RDY 100",
-        "a: RDY 50", "b: RDY 50",
-        "a: RDY 33", "b: RDY 33", "c: RDY 33",
-    ]  # fmt: skip
+    assert wire.take() == ["a: RDY 33", "b: RDY 33"]
+    loop.advance(flow.room_delay)
+    assert wire.take() == ["c: RDY 33"]
     assert flow.total_rdy == 99
+
+
+def test_held_messages_keep_their_room_until_they_settle() -> None:
+    """Lowering RDY does not take back what a connection holds: the raise of another one
+    waits until the held messages settle, so the sum unsettled never exceeds the bound."""
+    flow, loop, wire, _ = make(10)
+    a, b = FakePeer("a"), FakePeer("b")
+    flow.add(a)
+    a.in_flight = 10  # a slow stage holds all ten
+    flow.add(b)
+    loop.advance(1.0)
+    assert wire.take() == ["a: RDY 10", "a: RDY 5"]  # b gets nothing while a holds ten
+    for held in range(9, 4, -1):
+        a.in_flight = held
+        wire.settle(flow, a, "FIN", None)
+        loop.advance(flow.room_delay)
+        assert flow.held <= 10
+    assert flow.rdy(b) == 5 and a.in_flight + flow.rdy(b) == 10
+    assert wire.take() == [
+        "a: FIN", "b: RDY 1", "a: FIN", "b: RDY 2", "a: FIN", "b: RDY 3",
+        "a: FIN", "b: RDY 4", "a: FIN", "b: RDY 5",
+    ]  # fmt: skip
 
 
 def test_a_raise_never_takes_the_sum_above_max_in_flight() -> None:
@@ -228,6 +253,7 @@ def test_a_raise_never_takes_the_sum_above_max_in_flight() -> None:
     flow.set_max_in_flight(40)
     for p in peers[:3]:
         flow.add(p)
+    loop.advance(1.0)
     assert raises and all(total <= limit for total, limit in raises)
     assert flow.total_rdy == sum(rdy.values()) == 35  # 7 connections x 40 // 7
 
@@ -244,6 +270,7 @@ def test_fewer_slots_than_connections_redistributes() -> None:
     peers = [FakePeer(n) for n in "abcde"]
     for p in peers:
         flow.add(p)
+    loop.advance(flow.room_delay)
     assert flow.total_rdy == 2
     holders = {p.name for p in peers if flow.rdy(p) == 1}
     assert len(holders) == 2
@@ -289,6 +316,7 @@ def test_leaving_returns_rdy_and_moves_the_test_rdy() -> None:
     a, b = FakePeer("a"), FakePeer("b")
     flow.add(a)
     flow.add(b)
+    loop.advance(flow.room_delay)
     assert flow.total_rdy == 4
     flow.remove(a)
     assert flow.rdy(b) == 4 and flow.total_rdy == 4

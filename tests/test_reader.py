@@ -6,29 +6,18 @@ import asyncio
 import json
 import zlib
 from collections import Counter
-from collections.abc import Sequence
 
 import pytest
 from reactivex import operators as rx_ops
 
 import rxnsq.ops as nsq
 from rxnsq import errors
-from rxnsq.connection import Connection
 from rxnsq.flow import BackoffState, ExponentialBackoff
 from rxnsq.message import Message
 from rxnsq.reader import Reader
-from rxnsq.testing import eventually
+from rxnsq.testing import eventually, publish
 
 pytestmark = pytest.mark.nsqd
-
-
-async def publish(address: str, topic: str, bodies: Sequence[bytes], chunk: int = 500) -> None:
-    conn = Connection(address)
-    await conn.connect()
-    await asyncio.gather(
-        *(conn.mpub(topic, bodies[i : i + chunk]) for i in range(0, len(bodies), chunk))
-    )
-    await conn.close()
 
 
 def bodies(n: int, prefix: str = "m") -> list[bytes]:
