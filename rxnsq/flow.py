@@ -27,9 +27,10 @@ The rules (go-nsq's, which the NSQ client guide describes):
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -60,7 +61,7 @@ class ExponentialBackoff:
     multiplier: float = 1.0
 
     def interval(self, level: int) -> float:
-        return self.multiplier * (2**level)
+        return math.ldexp(self.multiplier, level)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ class FullJitterBackoff:
     rng: random.Random | None = None
 
     def interval(self, level: int) -> float:
-        return (self.rng or random).uniform(0, self.multiplier * (2**level))
+        return (self.rng or random).uniform(0, math.ldexp(self.multiplier, level))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,10 @@ class Timer(Protocol):
 
 
 class Peer(Protocol):
-    """What the controller reads from a connection (it never writes to one)."""
+    """What the controller reads from a connection (it never writes to one); connections
+    are told apart by identity (a Peer is a dict key)."""
+
+    def __hash__(self) -> int: ...
 
     @property
     def max_rdy_count(self) -> int: ...
@@ -156,7 +160,7 @@ class FlowController:
         self._clock = clock
         self._on_backoff = on_backoff
         self._rng = rng or random.Random()
-        self._peers: dict[Hashable, _PeerState] = {}
+        self._peers: dict[Peer, _PeerState] = {}
         self._total_rdy = 0
         self._level = 0
         self._interval = 0.0

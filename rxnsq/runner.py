@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 import weakref
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
 
 from tornado.ioloop import IOLoop
@@ -79,7 +79,7 @@ def run(main: Coroutine[Any, Any, T] | None = None, *, drain_timeout: float = 30
         loop.add_signal_handler(signum, on_signal, signum)
 
     async def supervise() -> None:
-        waiters: list[Awaitable[Any]] = [stopping]
+        waiters: list[asyncio.Future[Any]] = [stopping]
         task = loop.create_task(main) if main is not None else None
         if task is not None:
             waiters.append(task)

@@ -103,7 +103,11 @@ class Reader:
         if event.kind == "connected":
             conn = self.reader.connections.get(event.address)
             if conn is not None:
-                conn.heartbeats.subscribe(lambda _t, c=conn: self.heartbeat(c))
+
+                def beat(_at: float, conn: Connection = conn) -> None:
+                    self.heartbeat(conn)
+
+                conn.heartbeats.subscribe(beat)
 
     def _on_message(self, core_message: CoreMessage[bytes]) -> None:
         message = Message(core_message)
