@@ -767,7 +767,7 @@ class Connection:
                 "closing the connection as dead"
             )
             logger.warning("%s", self._close_error)
-            self._abort()
+            self.abort()
             return
         self._arm_liveness()
 
@@ -780,7 +780,7 @@ class Connection:
             await self._wait_closed()
             return
         if self.state is not ConnectionState.READY:
-            self._abort()
+            self.abort()
             return
         assert self._loop is not None
         deadline = self._loop.time() + timeout
@@ -846,8 +846,8 @@ class Connection:
         if task is not None and task is not asyncio.current_task():
             await asyncio.wait([task])
 
-    def _abort(self) -> None:
-        """Close the socket now; the read loop fails what is pending."""
+    def abort(self) -> None:
+        """Close the socket now, without draining; the read loop fails what is pending."""
         if self._stream is not None:
             self._stream.close()
         elif self._read_task is None:

@@ -102,26 +102,17 @@ class Heartbeat:
     time: float
 
 
+@dataclass(frozen=True, slots=True)
 class _ConnectionLink:
-    """The Reader's side of its connections (a :class:`~rxnsq.connection.ConnectionDelegate`),
-    as bound methods, so a connection calls straight into the reader."""
+    """The Reader's side of its connections (a :class:`~rxnsq.connection.ConnectionDelegate`)
+    as the reader's bound methods, so a connection calls straight into the reader."""
 
-    __slots__ = (
-        "on_abandon",
-        "on_closed",
-        "on_heartbeat",
-        "on_message",
-        "on_settle",
-        "on_subscriber_error",
-    )
-
-    def __init__(self, reader: Reader) -> None:
-        self.on_message = reader._on_message
-        self.on_settle = reader._on_settle
-        self.on_abandon = reader._on_abandon
-        self.on_heartbeat = reader._on_heartbeat
-        self.on_subscriber_error = reader._on_connection_subscriber_error
-        self.on_closed = reader._on_closed
+    on_message: Callable[[Connection, Message[bytes]], None]
+    on_settle: Callable[[Connection, Message[Any], bool | None], None]
+    on_abandon: Callable[[Connection, list[Message[Any]]], None]
+    on_heartbeat: Callable[[Connection], None]
+    on_subscriber_error: Callable[[Connection, Exception, Message[Any] | None], None]
+    on_closed: Callable[[Connection, NSQError], None]
 
 
 class Reader:
@@ -237,7 +228,14 @@ class Reader:
         self.scheduler = LoopScheduler()
 
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._link = _ConnectionLink(self)
+        self._link = _ConnectionLink(
+            on_message=self._on_message,
+            on_settle=self._on_settle,
+            on_abandon=self._on_abandon,
+            on_heartbeat=self._on_heartbeat,
+            on_subscriber_error=self._on_connection_subscriber_error,
+            on_closed=self._on_closed,
+        )
         self._flow: FlowController | None = None
         self._conns: dict[str, Connection] = {}
         self._connecting: set[str] = set()
@@ -280,6 +278,11 @@ class Reader:
     def max_in_flight(self) -> int:
         """The bound on unsettled messages across all connections."""
         return self._max_in_flight
+
+    @property
+    def total_rdy(self) -> int:
+        """The sum of RDY over all connections now."""
+        return self._flow.total_rdy if self._flow is not None else 0
 
     @property
     def is_closing(self) -> bool:

@@ -96,7 +96,7 @@ class AsyncConn(EventedMixin):
 
     def close(self) -> None:
         """Close the socket now (pynsq's close); ``await conn.connection.close()`` drains."""
-        self._conn._abort()
+        self._conn.abort()
 
     def send(self, data: bytes) -> None:
         self._conn.send(data)

@@ -206,8 +206,7 @@ class Reader:
 
     @property
     def total_rdy(self) -> int:
-        flow = self.reader._flow
-        return flow.total_rdy if flow is not None else 0
+        return self.reader.total_rdy
 
     def connect_to_nsqd(self, host: str, port: int) -> None:
         """Add an nsqd by address (kept and reconnected like the configured ones)."""
