@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import reactivex
 from reactivex import abc
@@ -268,6 +268,14 @@ class Reader:
         )
 
     # --- public API --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """``async with Reader(...) as reader:`` starts it (``start()``) and closes it."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     @property
     def backoff(self) -> reactivex.Observable[BackoffState]:

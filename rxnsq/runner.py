@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from tornado.ioloop import IOLoop
 
-__all__ = ["close_all", "register", "run"]
+__all__ = ["close_all", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ _clients: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def register(client: Closable) -> None:
-    """Remember a Reader or Writer so ``run()`` closes it on shutdown."""
+    """Remember a Reader or Writer so ``run()`` closes it on shutdown (every Reader and
+    Writer registers itself when it is built, whether used with ``async with`` or not)."""
     _clients.add(client)
 
 

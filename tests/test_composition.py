@@ -615,3 +615,14 @@ async def test_an_nsqd_that_requires_tls_is_a_negotiation_error(nsqd_factory, tm
     reader = Reader("t", "c", nsqd_tcp_addresses=nsqd.tcp_address)
     with pytest.raises(errors.NegotiationError, match="requires TLS"):
         await reader.start()
+
+
+async def test_async_with_starts_and_closes_the_reader(nsqd) -> None:  # type: ignore[no-untyped-def]
+    await publish(nsqd.tcp_address, "with", numbered(3))
+    got: list[bytes] = []
+    async with Reader("with", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=3) as reader:
+        assert reader.connections  # started on entry
+        reader.messages.pipe(nsq.process(got.append)).subscribe()
+        await eventually(lambda: len(got) == 3, timeout=5)
+    assert reader.is_closing and reader.connections == {}
+    assert nsqd.channel_stats("with", "c")["depth"] == 0
