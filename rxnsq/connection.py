@@ -15,9 +15,8 @@ turn into one write, and tells what happens on the wire through Rx subjects:
 ``state``
     :class:`ConnectionState` changes (a BehaviorSubject: subscribers get the current one).
 ``events``
-    pynsq's event names with their data (``connect``, ``identify``, ``identify_response``,
-    ``auth``, ``auth_response``, ``ready``, ``response``, ``message``, ``heartbeat``,
-    ``backoff``, ``resume``, ``error``, ``close``).
+    every :class:`ConnectionEvent` of the connection's life, in order (``connected`` ...
+    ``ready``, ``message``, ``finished``, ``requeued``, ..., ``closed``).
 
 Emissions happen from the read loop or through ``call_soon``, never inside ``fin()``,
 ``req()``, ``touch()``, ``rdy()`` or a publish call, so Rx operators are never re-entered.
@@ -96,10 +95,19 @@ class ConnectionState(enum.Enum):
 
 
 class ConnectionEvent(NamedTuple):
-    """A pynsq-style event: its name and what goes with it."""
+    """Something that happened on one connection: its ``kind``, what goes with it and the
+    message it concerns, if any.
 
-    name: str
+    Kinds, in a connection's life: ``connected`` (TCP), ``identifying`` (data: the IDENTIFY
+    fields), ``identified`` (the :class:`~rxnsq.protocol.IdentifyResponse`),
+    ``authenticating``, ``authorized`` (the :class:`~rxnsq.protocol.AuthResponse`), ``ready``;
+    then ``message``, ``finished``, ``requeued`` (data: whether it backs off), ``heartbeat``,
+    ``response`` (the bytes), ``error`` (the typed error frame); last ``closed`` (data: why).
+    """
+
+    kind: str
     data: Any = None
+    message: Message[Any] | None = None
 
 
 class ConnectionDelegate(Protocol):
@@ -239,7 +247,7 @@ class Connection:
 
     @property
     def events(self) -> reactivex.Observable[ConnectionEvent]:
-        """pynsq-named events with their data."""
+        """Every :class:`ConnectionEvent`, from connecting to closing."""
         return self._events.observable
 
     @property
@@ -279,9 +287,9 @@ class Connection:
         if self._state.value is not state:
             self._state.on_next(state)
 
-    def _event(self, name: str, data: Any = None) -> None:
+    def _event(self, kind: str, data: Any = None, message: Message[Any] | None = None) -> None:
         if self._events.has_observers:
-            self._events.emit(ConnectionEvent(name, data))
+            self._events.emit(ConnectionEvent(kind, data, message))
 
     def _on_message_subscriber_error(self, error: Exception, message: Message[bytes]) -> None:
         if message.outcome is None:
@@ -325,7 +333,7 @@ class Connection:
                     f"cannot connect to nsqd at {self.address}: {reason}"
                 ) from exc
             self._stream.set_nodelay(True)
-            self._event("connect")
+            self._event("connected")
             try:
                 async with asyncio.timeout(timeout):
                     response = await self._handshake()
@@ -351,7 +359,7 @@ class Connection:
         self._set_state(ConnectionState.IDENTIFYING)
         fields = self.options.identify_fields()
         self._stream.write(protocol.MAGIC_V2 + protocol.encode_identify(fields))
-        self._event("identify", fields)
+        self._event("identifying", fields)
         try:
             reply = await self._handshake_reply()
         except ProtocolError as exc:
@@ -362,7 +370,7 @@ class Connection:
             raise IdentifyRefusedError(option, value, exc.text) from exc
         response = protocol.parse_identify_response(reply)
         self.identify_response = response
-        self._event("identify_response", response)
+        self._event("identified", response)
         logger.debug("%s: IDENTIFY response %s", self.address, response)
 
         if self.options.wants_tls:
@@ -443,9 +451,9 @@ class Connection:
                 f"nsqd at {self.address} requires authorization: give auth_secret",
             )
         self._stream.write(self._codec.encode(protocol.encode_auth(secret)))
-        self._event("auth")
+        self._event("authenticating")
         self.auth_response = protocol.parse_auth_response(await self._handshake_reply())
-        self._event("auth_response", self.auth_response)
+        self._event("authorized", self.auth_response)
         logger.info(
             "%s: authorized as %r (%d permissions)",
             self.address,
@@ -568,7 +576,7 @@ class Connection:
             self._delegate.on_settle(self, message, None)
         self.send(b"FIN " + delivery.id + b"\n")
         self._settled()
-        self._event_soon("resume", message)
+        self._event_soon("finished", None, message)
 
     def _req(self, message: Message[Any], delay: float | None, backoff: bool) -> None:
         delivery = message.delivery
@@ -583,7 +591,7 @@ class Connection:
         delay = min(delay, self.max_requeue_delay)
         self.send(protocol.encode_req(delivery.id, max(0, math.floor(delay * 1000))))
         self._settled()
-        self._event_soon("backoff" if backoff else "continue", message)
+        self._event_soon("requeued", backoff, message)
 
     def _touch(self, message: Message[Any]) -> None:
         delivery = message.delivery
@@ -599,9 +607,9 @@ class Connection:
         if not self._unsettled and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
-    def _event_soon(self, name: str, data: Any) -> None:
+    def _event_soon(self, kind: str, data: Any, message: Message[Any]) -> None:
         if self._loop is not None and self._events.has_observers:
-            self._loop.call_soon(self._event, name, data)
+            self._loop.call_soon(self._event, kind, data, message)
 
     # --- abandoned messages ------------------------------------------------------------------
 
@@ -710,7 +718,7 @@ class Connection:
         if self._messages.has_observers:
             self._messages.emit(message)
         if self._events.has_observers:
-            self._event("message", message)
+            self._event("message", None, message)
 
     def _on_response(self, data: bytes) -> None:
         if data == protocol.HEARTBEAT:
@@ -885,7 +893,7 @@ class Connection:
         self.rdy_count = 0
         self.close_reason = error
         self._set_state(ConnectionState.CLOSED)
-        self._event("close", error)
+        self._event("closed", error)
         for stream in (self._messages, self._heartbeats, self._responses, self._errors):
             stream.complete()
         self._events.complete()

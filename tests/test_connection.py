@@ -297,7 +297,7 @@ async def test_idle_connection_survives_heartbeats(nsqd) -> None:  # type: ignor
 async def test_stalled_nsqd_is_detected_by_missed_heartbeats(nsqd) -> None:  # type: ignore[no-untyped-def]
     conn = await connect(nsqd.tcp_address, heartbeat_interval=1.0)
     closed = asyncio.get_running_loop().create_future()
-    conn.events.subscribe(lambda e: e.name == "close" and closed.set_result(e.data))
+    conn.events.subscribe(lambda e: e.kind == "closed" and closed.set_result(e.data))
     os.kill(nsqd.pid, signal.SIGSTOP)  # the real nsqd stops answering; the socket stays open
     try:
         error = await asyncio.wait_for(closed, 6)
@@ -393,7 +393,7 @@ async def test_killed_nsqd_closes_and_fails_pending(nsqd) -> None:  # type: igno
     conn = await connect(nsqd.tcp_address)
     events: list[str] = []
     states: list[ConnectionState] = []
-    conn.events.subscribe(lambda e: events.append(e.name))
+    conn.events.subscribe(lambda e: events.append(e.kind))
     conn.states.subscribe(states.append)
     await conn.pub("k", b"x")
     pending = [conn.pub("k", b"y" * 100_000) for _ in range(200)]
@@ -405,7 +405,7 @@ async def test_killed_nsqd_closes_and_fails_pending(nsqd) -> None:  # type: igno
     assert all(r == b"OK" for r in results if not isinstance(r, Exception))
     await asyncio.sleep(0)
     assert conn.closed and states[-1] is ConnectionState.CLOSED
-    assert events[-1] == "close"
+    assert events[-1] == "closed"
     with pytest.raises(errors.ConnectionClosedError):
         conn.pub("k", b"z")
 
@@ -445,7 +445,7 @@ async def test_states_and_events(nsqd) -> None:  # type: ignore[no-untyped-def]
     states: list[ConnectionState] = []
     events: list[str] = []
     conn.states.subscribe(states.append)
-    conn.events.subscribe(lambda e: events.append(e.name))
+    conn.events.subscribe(lambda e: events.append(e.kind))
     await conn.connect()
     got: list[Message] = []
     conn.messages.subscribe(got.append)
@@ -464,10 +464,10 @@ async def test_states_and_events(nsqd) -> None:  # type: ignore[no-untyped-def]
         ConnectionState.CLOSING,
         ConnectionState.CLOSED,
     ]
-    for name in ("connect", "identify", "identify_response", "ready", "response", "message"):
-        assert name in events
-    assert events.index("resume") > events.index("message")
-    assert events[-1] == "close"
+    assert events[:4] == ["connected", "identifying", "identified", "ready"]
+    assert "response" in events
+    assert events.index("finished") > events.index("message")
+    assert events[-1] == "closed"
 
 
 async def test_writes_are_coalesced_per_loop_turn(nsqd) -> None:  # type: ignore[no-untyped-def]
