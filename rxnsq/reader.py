@@ -25,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -53,6 +51,8 @@ from .errors import (
 )
 from .flow import BackoffState, BackoffStrategy, FlowController
 from .message import Message
+from .producers import VanishedProducers
+from .reconnect import ReconnectDelays
 from .scheduler import LoopScheduler
 from .streams import Broadcast
 
@@ -240,13 +240,14 @@ class Reader:
         self._conns: dict[str, Connection] = {}
         self._connecting: set[str] = set()
         self._reconnects: dict[str, asyncio.TimerHandle] = {}
-        self._reconnect_delay: dict[str, float] = {}
+        self._reconnect_delays = ReconnectDelays(
+            reconnect_interval, max(lookupd_poll_interval, reconnect_interval)
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poller: Any = None
-        self._recent_listings: deque[set[str]] = deque(
-            maxlen=max(1, len(self.lookupd_http_addresses))
+        self._vanished = VanishedProducers(
+            len(self.lookupd_http_addresses), lookupd_vanish_grace, time.monotonic
         )
-        self._missing_since: dict[str, float] = {}
         self._subscribers = 0
         self._started_by_subscription = False
         self._started = False
@@ -631,28 +632,12 @@ class Reader:
         for address in listed:
             if address not in self._conns and address not in self._connecting:
                 self._connect_soon(address)
-        # Each poll asks one lookupd: a producer is missing only when none of the last answers
-        # (one per lookupd) lists it, and it is dropped once it has been missing for
-        # ``lookupd_vanish_grace`` seconds (a restarted lookupd knows an nsqd again only after
-        # the nsqd's next registration). Direct addresses are never dropped.
-        self._recent_listings.append(listed)
-        if len(self._recent_listings) < self._recent_listings.maxlen:  # type: ignore[operator]
-            return
-        known = set().union(*self._recent_listings)
-        assert self._loop is not None
-        now = self._loop.time()
-        for address in list(self._missing_since):
-            if address in known or address not in self._conns:
-                del self._missing_since[address]
-        for address, conn in list(self._conns.items()):
-            if address in known or address in self.nsqd_tcp_addresses:
-                continue
-            since = self._missing_since.setdefault(address, now)
-            if now - since >= self.lookupd_vanish_grace:
-                del self._missing_since[address]
-                logger.info("%s: no longer listed by nsqlookupd; disconnecting", address)
-                self._event("vanished", address)
-                self._spawn(conn.close(), f"rxnsq-drop {address}")
+        # direct addresses are never dropped
+        discovered = [a for a in self._conns if a not in self.nsqd_tcp_addresses]
+        for address in self._vanished.answer(listed, discovered):
+            logger.info("%s: no longer listed by nsqlookupd; disconnecting", address)
+            self._event("vanished", address)
+            self._spawn(self._conns[address].close(), f"rxnsq-drop {address}")
 
     def _apply_max_in_flight(self) -> None:
         if self._flow is not None and self._peeking is None:
@@ -716,7 +701,7 @@ class Reader:
             return
         self._conns[address] = conn
         self._connect_errors.pop(address, None)
-        self._reconnect_delay.pop(address, None)
+        self._reconnect_delays.reset(address)
         assert self._flow is not None
         self._flow.add(conn)
         self._event("connected", address)
@@ -747,9 +732,7 @@ class Reader:
             if self._poller is not None and not self._closing:
                 self._poller.query_now()
             return
-        delay = self._reconnect_delay.get(address, self.reconnect_interval)
-        self._reconnect_delay[address] = min(delay * 2, max(self.lookupd_poll_interval, delay))
-        delay *= random.uniform(0.8, 1.2)
+        delay = self._reconnect_delays.next(address)
         logger.info("%s: reconnecting in %.1fs", address, delay)
         self._reconnects[address] = self._loop.call_later(delay, self._connect_soon, address)
 

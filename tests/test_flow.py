@@ -374,3 +374,42 @@ def test_a_cap_below_the_first_step_still_backs_off_clamped() -> None:
     assert states[-1].level == 1 and states[-1].interval == 0.5
     loop.advance(0.5)
     assert wire.take()[-1] == "a: RDY 1"
+
+
+# --- reconnect waits and vanished producers (the same plain-logic style) -------------------
+
+
+def test_reconnect_waits_double_up_to_the_cap_and_reset() -> None:
+    from rxnsq.reconnect import ReconnectDelays
+
+    delays = ReconnectDelays(1.0, 5.0, jitter=0.0)
+    assert [delays.next("a") for _ in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert delays.next("b") == 1.0  # each address on its own
+    delays.reset("a")
+    assert delays.next("a") == 1.0
+    jittered = ReconnectDelays(1.0, 1.0, rng=random.Random(3))
+    waits = [jittered.next("a") for _ in range(50)]
+    assert all(0.8 <= w <= 1.2 for w in waits) and len(set(waits)) > 40
+    with pytest.raises(ValueError):
+        ReconnectDelays(2.0, 1.0)
+
+
+def test_a_producer_is_dropped_only_when_every_lookupd_missed_it_for_the_grace() -> None:
+    from rxnsq.producers import VanishedProducers
+
+    loop = FakeLoop()
+    tracker = VanishedProducers(lookupds=2, grace=10.0, clock=lambda: loop.now)
+    connected = {"a:1", "b:1"}
+    assert tracker.answer({"a:1", "b:1"}, connected) == []  # only one lookupd answered yet
+    assert tracker.answer({"a:1"}, connected) == []  # the other lookupd still lists b
+    assert tracker.answer({"a:1"}, connected) == []  # now both missed b: the grace starts
+    loop.advance(9.0)
+    assert tracker.answer({"a:1"}, connected) == []
+    loop.advance(1.0)
+    assert tracker.answer({"a:1"}, connected) == ["b:1"]
+    # listed again before the grace ran out: forgiven
+    assert tracker.answer({"a:1"}, {"a:1", "c:1"}) == []
+    loop.advance(5.0)
+    assert tracker.answer({"a:1", "c:1"}, {"a:1", "c:1"}) == []
+    loop.advance(20.0)
+    assert tracker.answer({"a:1", "c:1"}, {"a:1", "c:1"}) == []
