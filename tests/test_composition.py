@@ -57,7 +57,7 @@ class Sampler:
 # --- 1. a boundary around the user's code --------------------------------------------------
 
 
-async def test_a_raising_subscriber_costs_one_retry_never_the_connection(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_a_raising_subscriber_costs_one_retry_never_the_connection(nsqd) -> None:
     await publish(nsqd.tcp_address, "raise", numbered(100))
     bad = {b"7", b"23", b"51", b"88"}
     reader = Reader(
@@ -95,7 +95,7 @@ async def test_a_raising_subscriber_costs_one_retry_never_the_connection(nsqd) -
     assert reader.caught_errors == 4
 
 
-async def test_a_raising_subscriber_of_a_connection_stream_is_caught(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_a_raising_subscriber_of_a_connection_stream_is_caught(nsqd) -> None:
     await publish(nsqd.tcp_address, "connraise", numbered(5))
     conn = Connection(nsqd.tcp_address, heartbeat_interval=1.0)
     await conn.connect()
@@ -119,7 +119,7 @@ async def test_a_raising_subscriber_of_a_connection_stream_is_caught(nsqd) -> No
 # --- 2. unsettled messages are accounted for -----------------------------------------------
 
 
-async def _filtered_run(nsqd, topic: str, keep_odd_stage: Any) -> tuple[Reader, list[int], float]:  # type: ignore[no-untyped-def]
+async def _filtered_run(nsqd, topic: str, keep_odd_stage: Any) -> tuple[Reader, list[int], float]:
     await publish(nsqd.tcp_address, topic, numbered(2500))
     reader = Reader(
         topic,
@@ -156,7 +156,7 @@ async def _filtered_run(nsqd, topic: str, keep_odd_stage: Any) -> tuple[Reader, 
     return reader, samples, loop.time() - started
 
 
-async def test_a_plain_filter_leaks_no_window_slot(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_a_plain_filter_leaks_no_window_slot(nsqd) -> None:
     reader, samples, close_time = await _filtered_run(
         nsqd, "leak", rx_ops.filter(lambda m: int(m.body) % 2 == 0)
     )
@@ -168,7 +168,7 @@ async def test_a_plain_filter_leaks_no_window_slot(nsqd) -> None:  # type: ignor
     assert close_time < 2.0
 
 
-async def test_the_ack_aware_filter_times_nothing_out(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_the_ack_aware_filter_times_nothing_out(nsqd) -> None:
     reader, samples, close_time = await _filtered_run(
         nsqd, "guarded", nsq.guard(rx_ops.filter(lambda m: int(m.body) % 2 == 0))
     )
@@ -179,7 +179,7 @@ async def test_the_ack_aware_filter_times_nothing_out(nsqd) -> None:  # type: ig
     assert close_time < 2.0
 
 
-async def test_abandoned_messages_are_reported_with_the_message(nsqd, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_abandoned_messages_are_reported_with_the_message(nsqd, caplog) -> None:
     await publish(nsqd.tcp_address, "drop", numbered(3))
     reader = Reader(
         "drop", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=10, msg_timeout=1.0
@@ -200,7 +200,7 @@ async def test_abandoned_messages_are_reported_with_the_message(nsqd, caplog) ->
 # --- 3. settlement from any thread ---------------------------------------------------------
 
 
-async def test_fin_from_rxpy_timer_threads_reaches_nsqd_at_once(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_fin_from_rxpy_timer_threads_reaches_nsqd_at_once(nsqd) -> None:
     await publish(nsqd.tcp_address, "threads", numbered(120))
     reader = Reader("threads", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=200)
     threads: set[int] = set()
@@ -234,7 +234,7 @@ async def test_fin_from_rxpy_timer_threads_reaches_nsqd_at_once(nsqd) -> None:  
     await reader.close()
 
 
-async def test_the_loop_scheduler_runs_timed_operators_on_the_loop(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_the_loop_scheduler_runs_timed_operators_on_the_loop(nsqd) -> None:
     await publish(nsqd.tcp_address, "sched", numbered(40))
     reader = Reader("sched", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=100)
     assert reader.scheduler is not None  # before the reader started
@@ -258,7 +258,7 @@ async def test_the_loop_scheduler_runs_timed_operators_on_the_loop(nsqd) -> None
 # --- 4. keyed batch ------------------------------------------------------------------------
 
 
-async def test_keyed_batch_never_stalls_the_window(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_keyed_batch_never_stalls_the_window(nsqd) -> None:
     bodies = [f"{i % 5}:{i}".encode() for i in range(3000)]
     await publish(nsqd.tcp_address, "keyed", bodies)
     reader = Reader("keyed", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=200)
@@ -286,7 +286,7 @@ async def test_keyed_batch_never_stalls_the_window(nsqd) -> None:  # type: ignor
     assert stats["depth"] == 0 and stats["timeout_count"] == 0 and stats["requeue_count"] == 0
 
 
-async def test_a_subscriber_raising_on_a_timed_batch_requeues_it(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_a_subscriber_raising_on_a_timed_batch_requeues_it(nsqd) -> None:
     await publish(nsqd.tcp_address, "batchraise", numbered(6))
     reader = Reader(
         "batchraise",
@@ -320,7 +320,7 @@ async def test_a_subscriber_raising_on_a_timed_batch_requeues_it(nsqd) -> None: 
 # --- 5. peek consumes nothing --------------------------------------------------------------
 
 
-async def test_peeks_never_push_a_message_to_give_up(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_peeks_never_push_a_message_to_give_up(nsqd) -> None:
     await publish(nsqd.tcp_address, "peek", numbered(10))
     peeker = Reader("peek", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=100)
     seen = []
@@ -345,7 +345,7 @@ async def test_peeks_never_push_a_message_to_give_up(nsqd) -> None:  # type: ign
     assert consumer.given_up == 0 and processed == set(numbered(10))
 
 
-async def test_many_peeks_of_a_small_channel_finish_nothing(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_many_peeks_of_a_small_channel_finish_nothing(nsqd) -> None:
     await publish(nsqd.tcp_address, "peek10", numbered(2))
     peeker = Reader("peek10", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_tries=2)
     for _ in range(6):
@@ -356,7 +356,7 @@ async def test_many_peeks_of_a_small_channel_finish_nothing(nsqd) -> None:  # ty
     assert stats["depth"] == 2 and stats["message_count"] == 2
 
 
-async def test_peek_on_a_consuming_reader_is_a_state_error(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_peek_on_a_consuming_reader_is_a_state_error(nsqd) -> None:
     reader = Reader("peekbusy", "c", nsqd_tcp_addresses=nsqd.tcp_address)
     subscription = reader.messages.subscribe(lambda m: m.fin())
     with pytest.raises(errors.StateError, match="consuming"):
@@ -364,7 +364,7 @@ async def test_peek_on_a_consuming_reader_is_a_state_error(nsqd) -> None:  # typ
     with pytest.raises(errors.ConfigError, match="count"):
         await reader.peek(0)
     with pytest.raises(errors.ConfigError, match="count"):
-        await reader.peek("3")  # type: ignore[arg-type]
+        await reader.peek("3")
     subscription.dispose()
     await reader.close()
 
@@ -384,24 +384,24 @@ def test_an_unparsable_address_is_a_config_error_at_construction(address: str) -
 @pytest.mark.parametrize("value", [5, b"127.0.0.1:4150", [None], {"a": 1}])
 def test_addresses_of_the_wrong_type_are_config_errors(value: object) -> None:
     with pytest.raises(errors.ConfigError):
-        Reader("t", "c", nsqd_tcp_addresses=value)  # type: ignore[arg-type]
+        Reader("t", "c", nsqd_tcp_addresses=value)
     with pytest.raises(errors.ConfigError):
-        Reader("t", "c", lookupd_http_addresses=value)  # type: ignore[arg-type]
+        Reader("t", "c", lookupd_http_addresses=value)
 
 
 def test_wrong_types_for_reader_options_are_config_errors() -> None:
     with pytest.raises(errors.InvalidNameError):
-        Reader(5, "c", nsqd_tcp_addresses="127.0.0.1:4150")  # type: ignore[arg-type]
+        Reader(5, "c", nsqd_tcp_addresses="127.0.0.1:4150")
     with pytest.raises(errors.ConfigError, match="max_in_flight"):
-        Reader("t", "c", nsqd_tcp_addresses="127.0.0.1:4150", max_in_flight="10")  # type: ignore[arg-type]
+        Reader("t", "c", nsqd_tcp_addresses="127.0.0.1:4150", max_in_flight="10")
     with pytest.raises(errors.ConfigError, match="count"):
-        nsq.batch("5", 1.0)  # type: ignore[arg-type]
+        nsq.batch("5", 1.0)
     with pytest.raises(errors.ConfigError, match="key"):
-        nsq.batch(5, 1.0, key="user")  # type: ignore[arg-type]
+        nsq.batch(5, 1.0, key="user")
     with pytest.raises(errors.ConfigError, match="operator"):
-        nsq.guard(5)  # type: ignore[arg-type]
+        nsq.guard(5)
     with pytest.raises(errors.ConfigError, match="dropped"):
-        nsq.guard(rx_ops.filter(bool), dropped="drop")  # type: ignore[arg-type]
+        nsq.guard(rx_ops.filter(bool), dropped="drop")
 
 
 async def test_start_raises_when_no_direct_nsqd_can_be_reached() -> None:
@@ -418,7 +418,7 @@ async def test_start_raises_when_no_direct_nsqd_can_be_reached() -> None:
     assert reader.is_closing
 
 
-async def test_start_can_wait_for_an_nsqd_that_comes_later(nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_start_can_wait_for_an_nsqd_that_comes_later(nsqd_factory) -> None:
     import socket
 
     with socket.socket() as sock:
@@ -438,7 +438,7 @@ async def test_start_can_wait_for_an_nsqd_that_comes_later(nsqd_factory) -> None
 )
 async def test_identify_options_nsqd_refuses_fail_the_stream_once(
     nsqd, option: str, value: float
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     reader = Reader("t", "c", nsqd_tcp_addresses=nsqd.tcp_address, **{option: value})
     events: list[ReaderEvent] = []
     failures: list[Exception] = []
@@ -453,7 +453,7 @@ async def test_identify_options_nsqd_refuses_fail_the_stream_once(
         await Reader("t", "c", nsqd_tcp_addresses=nsqd.tcp_address, **{option: value}).start()
 
 
-async def test_a_bad_requeue_delay_settles_nothing(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_a_bad_requeue_delay_settles_nothing(nsqd) -> None:
     await publish(nsqd.tcp_address, "baddelay", numbered(1))
     reader = Reader("baddelay", "c", nsqd_tcp_addresses=nsqd.tcp_address)
     got: list[Message[bytes]] = []
@@ -461,14 +461,14 @@ async def test_a_bad_requeue_delay_settles_nothing(nsqd) -> None:  # type: ignor
     await eventually(lambda: len(got) == 1, timeout=5)
     for bad in (float("nan"), float("inf"), -1, "5", None.__class__):
         with pytest.raises(errors.ConfigError, match="delay"):
-            got[0].req(bad)  # type: ignore[arg-type]
+            got[0].req(bad)
     assert got[0].outcome is None
     assert got[0].fin() is True
     await eventually(lambda: nsqd.channel_stats("baddelay", "c")["in_flight_count"] == 0, timeout=2)
     await reader.close()
 
 
-async def test_disposing_the_last_subscriber_requeues_what_it_held_at_once(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_disposing_the_last_subscriber_requeues_what_it_held_at_once(nsqd) -> None:
     await publish(nsqd.tcp_address, "held", numbered(5))
     reader = Reader("held", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=5)
     held: list[Message[bytes]] = []
@@ -485,7 +485,7 @@ async def test_disposing_the_last_subscriber_requeues_what_it_held_at_once(nsqd)
 # --- 7. the bound holds while RDY moves ----------------------------------------------------
 
 
-async def test_the_bound_holds_across_three_nsqd(nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_the_bound_holds_across_three_nsqd(nsqd_factory) -> None:
     nsqds = [nsqd_factory() for _ in range(3)]
     for index, daemon in enumerate(nsqds):
         await publish(daemon.tcp_address, "bound", numbered(100 * (index + 1))[100 * index :])
@@ -520,7 +520,7 @@ async def test_the_bound_holds_across_three_nsqd(nsqd_factory) -> None:  # type:
     assert sorted(done) == sorted(numbered(300))
 
 
-async def test_adding_an_nsqd_never_lifts_the_bound(nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_adding_an_nsqd_never_lifts_the_bound(nsqd_factory) -> None:
     first, second = nsqd_factory(), nsqd_factory()
     await publish(first.tcp_address, "grow", numbered(40))
     await publish(second.tcp_address, "grow", numbered(80)[40:])
@@ -545,7 +545,7 @@ async def test_adding_an_nsqd_never_lifts_the_bound(nsqd_factory) -> None:  # ty
 # --- 8. reader-level streams survive reconnects --------------------------------------------
 
 
-async def test_reader_streams_keep_flowing_across_an_nsqd_restart(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_reader_streams_keep_flowing_across_an_nsqd_restart(nsqd) -> None:
     reader = Reader(
         "restart",
         "c",
@@ -572,7 +572,7 @@ async def test_reader_streams_keep_flowing_across_an_nsqd_restart(nsqd) -> None:
     await reader.close()
 
 
-async def test_a_raising_compat_heartbeat_hook_keeps_the_connection(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_a_raising_compat_heartbeat_hook_keeps_the_connection(nsqd) -> None:
     import rxnsq.compat as pynsq_compat
 
     calls = [0]
@@ -599,7 +599,7 @@ async def test_a_raising_compat_heartbeat_hook_keeps_the_connection(nsqd) -> Non
     await reader.close()
 
 
-async def test_an_nsqd_that_requires_tls_is_a_negotiation_error(nsqd_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_an_nsqd_that_requires_tls_is_a_negotiation_error(nsqd_factory, tmp_path) -> None:
     import trustme
 
     cert = trustme.CA().issue_cert("127.0.0.1")
@@ -617,7 +617,7 @@ async def test_an_nsqd_that_requires_tls_is_a_negotiation_error(nsqd_factory, tm
         await reader.start()
 
 
-async def test_async_with_starts_and_closes_the_reader(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_async_with_starts_and_closes_the_reader(nsqd) -> None:
     await publish(nsqd.tcp_address, "with", numbered(3))
     got: list[bytes] = []
     async with Reader("with", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=3) as reader:

@@ -44,7 +44,7 @@ class Tally:
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-async def test_nsqd_restarted_while_consuming(nsqd_factory, how: str) -> None:  # type: ignore[no-untyped-def]
+async def test_nsqd_restarted_while_consuming(nsqd_factory, how: str) -> None:
     nsqd = nsqd_factory(extra_args=["--mem-queue-size=0", "--sync-every=1", "--msg-timeout=3s"])
     bodies = [b"k%d" % i for i in range(3000)]
     await publish(nsqd.tcp_address, "kc", bodies)
@@ -78,7 +78,7 @@ async def test_nsqd_restarted_while_consuming(nsqd_factory, how: str) -> None:  
     }  # fmt: skip
 
 
-async def test_nsqd_killed_while_publishing(nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_nsqd_killed_while_publishing(nsqd_factory) -> None:
     nsqd = nsqd_factory(extra_args=["--mem-queue-size=0", "--sync-every=1"])
     nsqd.create_channel("kp", "c")
     writer = Writer(nsqd.tcp_address, reconnect_interval=0.1)
@@ -119,7 +119,7 @@ async def test_nsqd_killed_while_publishing(nsqd_factory) -> None:  # type: igno
     }  # fmt: skip
 
 
-async def test_lookupd_down_at_start_and_mid_run(nsq_cluster_factory, nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_lookupd_down_at_start_and_mid_run(nsq_cluster_factory, nsqd_factory) -> None:
     cluster = nsq_cluster_factory(nsqd_count=2, lookupd_count=2)
     down, up = cluster.lookupds
     for nsqd in cluster.nsqds:
@@ -151,7 +151,7 @@ async def test_lookupd_down_at_start_and_mid_run(nsq_cluster_factory, nsqd_facto
     }  # fmt: skip
 
 
-async def test_one_nsqd_of_three_lost_for_good(nsq_cluster) -> None:  # type: ignore[no-untyped-def]
+async def test_one_nsqd_of_three_lost_for_good(nsq_cluster) -> None:
     for i, nsqd in enumerate(nsq_cluster.nsqds):
         await publish(nsqd.tcp_address, "lost", [b"%d-%d" % (i, n) for n in range(300)])
     tally = Tally()
@@ -183,7 +183,7 @@ def _echo(tally: Tally) -> Callable[[bytes], Any]:
 # --- network faults ---------------------------------------------------------------------------
 
 
-async def test_stalled_connection_is_replaced(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_stalled_connection_is_replaced(nsqd) -> None:
     proxy = await FaultyProxy(nsqd.tcp_address).start()
     tally = Tally()
     reader = Reader("st", "c", nsqd_tcp_addresses=proxy.address, max_in_flight=10,
@@ -205,7 +205,7 @@ async def test_stalled_connection_is_replaced(nsqd) -> None:  # type: ignore[no-
     }  # fmt: skip
 
 
-async def test_cut_mid_frame_is_handled(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_cut_mid_frame_is_handled(nsqd) -> None:
     proxy = await FaultyProxy(nsqd.tcp_address).start()
     bodies = [b"x%d" % i + b"." * 500 for i in range(200)]
     tally = Tally()
@@ -225,7 +225,7 @@ async def test_cut_mid_frame_is_handled(nsqd) -> None:  # type: ignore[no-untype
     }  # fmt: skip
 
 
-async def test_publishes_pending_on_a_cut_connection_fail(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_publishes_pending_on_a_cut_connection_fail(nsqd) -> None:
     proxy = await FaultyProxy(nsqd.tcp_address).start()
     nsqd.create_channel("pc", "c")
     conn = Connection(proxy.address)
@@ -247,7 +247,7 @@ async def test_publishes_pending_on_a_cut_connection_fail(nsqd) -> None:  # type
 # --- slow work and many producers --------------------------------------------------------------
 
 
-async def test_work_longer_than_msg_timeout_is_kept_alive(nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_work_longer_than_msg_timeout_is_kept_alive(nsqd_factory) -> None:
     nsqd = nsqd_factory(extra_args=["--msg-timeout=1s"])
     await publish(nsqd.tcp_address, "slowwork", [b"a", b"b", b"c"])
     reader = Reader("slowwork", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=3)
@@ -274,7 +274,7 @@ async def test_work_longer_than_msg_timeout_is_kept_alive(nsqd_factory) -> None:
     }  # fmt: skip
 
 
-async def test_redelivery_after_timeout_does_not_surface_errors(nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_redelivery_after_timeout_does_not_surface_errors(nsqd_factory) -> None:
     nsqd = nsqd_factory(extra_args=["--msg-timeout=1s"])
     await publish(nsqd.tcp_address, "late", [b"late"])
     reader = Reader("late", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=2)
@@ -297,7 +297,7 @@ async def test_redelivery_after_timeout_does_not_surface_errors(nsqd_factory) ->
     await reader.close()
 
 
-async def test_ten_nsqd_with_max_in_flight_five_are_all_drained(nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_ten_nsqd_with_max_in_flight_five_are_all_drained(nsqd_factory) -> None:
     nodes = [nsqd_factory() for _ in range(10)]
     for i, nsqd in enumerate(nodes):
         await publish(nsqd.tcp_address, "many", [b"%d-%d" % (i, n) for n in range(50)])
@@ -368,7 +368,7 @@ async def test_hostile_peer_gives_a_typed_error_and_the_reader_retries(case: str
     }  # fmt: skip
 
 
-async def test_hostile_peer_after_subscribe_is_survived(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_hostile_peer_after_subscribe_is_survived(nsqd) -> None:
     """A real handshake through a scripted peer that turns hostile mid-stream."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

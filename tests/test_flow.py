@@ -63,7 +63,7 @@ class Wire:
     def __init__(self) -> None:
         self.log: list[str] = []
 
-    def send_rdy(self, peer: FakePeer, count: int) -> None:  # type: ignore[override]
+    def send_rdy(self, peer: FakePeer, count: int) -> None:
         self.log.append(f"{peer.name}: RDY {count}")
 
     def settle(self, flow: FlowController, peer: FakePeer, cmd: str, backoff: bool | None) -> None:
@@ -75,11 +75,11 @@ class Wire:
         return out
 
 
-def make(max_in_flight: int, **kwargs) -> tuple[FlowController, FakeLoop, Wire, list[BackoffState]]:  # type: ignore[no-untyped-def]
+def make(max_in_flight: int, **kwargs) -> tuple[FlowController, FakeLoop, Wire, list[BackoffState]]:
     loop, wire, states = FakeLoop(), Wire(), []
     flow = FlowController(
         max_in_flight,
-        send_rdy=wire.send_rdy,  # type: ignore[arg-type]
+        send_rdy=wire.send_rdy,
         call_later=loop.call_later,
         clock=lambda: loop.now,
         on_backoff=states.append,
@@ -231,7 +231,7 @@ def test_a_raise_never_takes_the_sum_above_max_in_flight() -> None:
     loop = FakeLoop()
     flow: FlowController
 
-    def send(peer: FakePeer, n: int) -> None:  # type: ignore[override]
+    def send(peer: FakePeer, n: int) -> None:
         before = rdy.get(peer.name, 0)
         rdy[peer.name] = n
         if n > before:
@@ -241,7 +241,7 @@ def test_a_raise_never_takes_the_sum_above_max_in_flight() -> None:
         10,
         send_rdy=send,
         call_later=loop.call_later,
-        clock=lambda: loop.now,  # type: ignore[arg-type]
+        clock=lambda: loop.now,
     )
     peers = [FakePeer(str(i)) for i in range(7)]
     for p in peers:

@@ -310,9 +310,9 @@ def test_guard_settles_leftovers_at_completion_with_a_function() -> None:
 
 def test_guard_refuses_what_is_not_an_operator() -> None:
     with pytest.raises(errors.ConfigError, match="operator"):
-        nsq.guard(5)  # type: ignore[arg-type]
+        nsq.guard(5)
     with pytest.raises(errors.ConfigError, match="dropped"):
-        nsq.guard(rx_ops.filter(bool), dropped="drop")  # type: ignore[arg-type]
+        nsq.guard(rx_ops.filter(bool), dropped="drop")
 
 
 # --- process_async (a real loop for the coroutines, virtual time for the TOUCH timers) -----
