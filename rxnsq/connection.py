@@ -13,7 +13,7 @@ turn into one write, and tells what happens on the wire through Rx subjects:
 ``errors``
     every error frame as a typed error; non-fatal ones leave the connection open.
 ``state``
-    :class:`ConnectionState` changes (a BehaviorSubject: subscribers get the current one).
+    :class:`ConnectionState` changes (a new subscriber gets the current one first).
 ``events``
     every :class:`ConnectionEvent` of the connection's life, in order (``connected`` ...
     ``ready``, ``message``, ``finished``, ``requeued``, ..., ``closed``).
@@ -44,7 +44,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol
 
 import reactivex
-from reactivex.subject import BehaviorSubject
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
@@ -182,7 +181,9 @@ class Connection:
         self._responses: Broadcast[bytes] = Broadcast(f"{self.address} responses")
         self._errors: Broadcast[ProtocolError] = Broadcast(f"{self.address} errors")
         self._events: Broadcast[ConnectionEvent] = Broadcast(f"{self.address} events")
-        self._state: BehaviorSubject[ConnectionState] = BehaviorSubject(ConnectionState.INIT)
+        self._state = ConnectionState.INIT
+        self._states: Broadcast[ConnectionState] = Broadcast(f"{self.address} states", replay=True)
+        self._states.emit(ConnectionState.INIT)
 
         self.rdy_count = 0
         #: Unsettled deliveries (in arrival order) and the first Message of each.
@@ -223,7 +224,7 @@ class Connection:
     @property
     def state(self) -> ConnectionState:
         """The current state."""
-        return self._state.value
+        return self._state
 
     @property
     def messages(self) -> reactivex.Observable[Message[bytes]]:
@@ -272,20 +273,21 @@ class Connection:
     @property
     def states(self) -> reactivex.Observable[ConnectionState]:
         """State changes, starting with the current state."""
-        return self._state
+        return self._states.observable
 
     @property
     def is_ready(self) -> bool:
         """The handshake is done and the connection is open."""
-        return self._state.value is ConnectionState.READY
+        return self._state is ConnectionState.READY
 
     @property
     def closed(self) -> bool:
-        return self._state.value is ConnectionState.CLOSED
+        return self._state is ConnectionState.CLOSED
 
     def _set_state(self, state: ConnectionState) -> None:
-        if self._state.value is not state:
-            self._state.on_next(state)
+        if self._state is not state:
+            self._state = state
+            self._states.emit(state)
 
     def _event(self, kind: str, data: Any = None, message: Message[Any] | None = None) -> None:
         if self._events.has_observers:
@@ -483,7 +485,7 @@ class Connection:
 
     def _command(self, data: bytes) -> asyncio.Future[bytes]:
         """Send a command that nsqd answers, and a future for the answer (FIFO order)."""
-        if self._state.value is not ConnectionState.READY:
+        if self._state is not ConnectionState.READY:
             raise ConnectionClosedError(
                 f"{self.address}: connection is {self.state.value}, not ready"
             )
@@ -527,7 +529,7 @@ class Connection:
         max_rdy = self.max_rdy_count
         if count > max_rdy:
             raise ValueError(f"RDY {count} is above nsqd's max_rdy_count of {max_rdy}")
-        if count != self.rdy_count and self._state.value is ConnectionState.READY:
+        if count != self.rdy_count and self._state is ConnectionState.READY:
             self.rdy_count = count
             self.send(protocol.encode_rdy(count))
 
@@ -632,7 +634,7 @@ class Connection:
             ]
             if expired:
                 self._abandon(expired)
-        if self._state.value in (ConnectionState.READY, ConnectionState.CLOSING):
+        if self._state in (ConnectionState.READY, ConnectionState.CLOSING):
             self._arm_sweeper()
 
     def _make_room(self, now: float) -> None:
@@ -862,7 +864,7 @@ class Connection:
             self._teardown(ConnectionClosedError(f"{self.address}: closed"))
 
     def _teardown(self, error: NSQError) -> None:
-        if self._state.value is ConnectionState.CLOSED:
+        if self._state is ConnectionState.CLOSED:
             return
         if self._liveness is not None:
             self._liveness.cancel()
@@ -897,7 +899,7 @@ class Connection:
         for stream in (self._messages, self._heartbeats, self._responses, self._errors):
             stream.complete()
         self._events.complete()
-        self._state.on_completed()
+        self._states.complete()
         if self._delegate is not None:
             self._delegate.on_closed(self, error)
         if not isinstance(error, ConnectionClosedError) or self._close_error is not error:

@@ -33,7 +33,6 @@ from typing import Any, Self
 import reactivex
 from reactivex import abc
 from reactivex.disposable import Disposable
-from reactivex.subject import BehaviorSubject
 
 from . import protocol, runner
 from .address import http_address_list, tcp_address_list
@@ -202,9 +201,10 @@ class Reader:
             f"{self.topic}/{self.channel} messages", on_raise=self._on_subscriber_error
         )
         self.messages: reactivex.Observable[Message[bytes]] = reactivex.create(self._subscribe)
-        self._backoff: BehaviorSubject[BackoffState] = BehaviorSubject(
-            BackoffState(0, 0.0, "normal")
+        self._backoff: Broadcast[BackoffState] = Broadcast(
+            f"{self.topic}/{self.channel} backoff", replay=True
         )
+        self._backoff.emit(BackoffState(0, 0.0, "normal"))
         self._events: Broadcast[ReaderEvent] = Broadcast(f"{self.topic}/{self.channel} events")
         self._errors: Broadcast[CaughtError] = Broadcast(f"{self.topic}/{self.channel} errors")
         self._heartbeats: Broadcast[Heartbeat] = Broadcast(f"{self.topic}/{self.channel} beats")
@@ -281,7 +281,7 @@ class Reader:
     @property
     def backoff(self) -> reactivex.Observable[BackoffState]:
         """Backoff state changes, starting with the current state."""
-        return self._backoff
+        return self._backoff.observable
 
     @property
     def max_in_flight(self) -> int:
@@ -412,7 +412,7 @@ class Reader:
     def stats(self) -> dict[str, Any]:
         """Per-connection RDY, in-flight, finished, requeued, plus the backoff state."""
         flow = self._flow
-        state = self._backoff.value
+        state = flow.state if flow is not None else BackoffState(0, 0.0, "normal")
         return {
             "topic": self.topic,
             "channel": self.channel,
@@ -848,7 +848,7 @@ class Reader:
 
     def _on_backoff(self, state: BackoffState) -> None:
         if self._loop is not None:
-            self._loop.call_soon(self._backoff.on_next, state)
+            self._loop.call_soon(self._backoff.emit, state)
 
     def _event(
         self,
