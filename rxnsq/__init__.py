@@ -9,29 +9,33 @@ Layers, bottom up: :mod:`rxnsq.protocol` (wire format, no IO) and :mod:`rxnsq.er
 from . import ops
 from ._version import __version__
 from .config import ConnectionOptions
-from .connection import Connection, ConnectionEvent, ConnectionState, NegotiationError
+from .connection import Connection, ConnectionEvent, ConnectionState
 from .errors import (
     AuthError,
     ConfigError,
     ConnectionClosedError,
     FrameError,
     HTTPAPIError,
+    IdentifyRefusedError,
     InvalidBodyError,
     InvalidNameError,
     LookupdError,
+    NegotiationError,
     NSQConnectionError,
     NSQError,
     ProtocolError,
     PublishTimeoutError,
     SinkOverflowError,
+    StateError,
     WrongPortError,
 )
 from .flow import BackoffState, ExponentialBackoff, FullJitterBackoff
 from .http import LookupdHTTPClient, NsqdHTTPClient
 from .message import Message
 from .ops import Batch, Failure
-from .reader import Reader, ReaderEvent
+from .reader import CaughtError, Heartbeat, Reader, ReaderEvent
 from .runner import run
+from .scheduler import LoopScheduler, loop_scheduler
 from .sync import SyncConnection
 from .writer import Deferred, PublishAck, PublishResult, Writer
 
@@ -39,6 +43,7 @@ __all__ = [
     "AuthError",
     "BackoffState",
     "Batch",
+    "CaughtError",
     "ConfigError",
     "Connection",
     "ConnectionClosedError",
@@ -51,10 +56,13 @@ __all__ = [
     "FrameError",
     "FullJitterBackoff",
     "HTTPAPIError",
+    "Heartbeat",
+    "IdentifyRefusedError",
     "InvalidBodyError",
     "InvalidNameError",
     "LookupdError",
     "LookupdHTTPClient",
+    "LoopScheduler",
     "Message",
     "NSQConnectionError",
     "NSQError",
@@ -67,10 +75,12 @@ __all__ = [
     "Reader",
     "ReaderEvent",
     "SinkOverflowError",
+    "StateError",
     "SyncConnection",
     "Writer",
     "WrongPortError",
     "__version__",
+    "loop_scheduler",
     "ops",
     "run",
 ]

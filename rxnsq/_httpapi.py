@@ -21,14 +21,13 @@ from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import HTTPStreamClosedError
 
 from ._version import __version__
-from .errors import ConfigError, ConnectTimeoutError, NSQConnectionError
+from .errors import ConnectTimeoutError, NSQConnectionError
 
 __all__ = [
     "ACCEPT_V1",
     "USER_AGENT",
     "close_client",
     "fetch",
-    "parse_address",
     "reply_reason",
 ]
 
@@ -50,28 +49,6 @@ _HUNG_UP: Final = (ConnectionResetError, StreamClosedError, HTTPStreamClosedErro
 _in_flight: weakref.WeakKeyDictionary[AsyncHTTPClient, set[asyncio.Future[HTTPResponse]]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-def parse_address(address: object, option: str, example: str) -> urllib.parse.SplitResult:
-    """Split an HTTP address (``"host:port"``, ``"[::1]:port"`` or a URL); a port is required.
-
-    ``http://`` is assumed when no scheme is given. Raises :class:`ConfigError` naming
-    ``option`` for anything else, since a missing port would silently mean port 80.
-    """
-    allowed = f"an HTTP address with a port, like {example} or http://{example}"
-    if not isinstance(address, str) or not address.strip():
-        raise ConfigError(option, address, allowed)
-    text = address.strip()
-    if "://" not in text:
-        text = "http://" + text
-    parts = urllib.parse.urlsplit(text)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
-        raise ConfigError(option, address, allowed)
-    return parts
 
 
 def reply_reason(response: HTTPResponse) -> str:

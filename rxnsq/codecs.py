@@ -61,11 +61,13 @@ class SnappyCodec:
         self._decompressor = snappy.StreamDecompressor()
 
     def encode(self, data: bytes) -> bytes:
-        return self._compressor.add_chunk(data)
+        framed: bytes = self._compressor.add_chunk(data)
+        return framed
 
     def decode(self, data: bytes) -> bytes:
         try:
-            return self._decompressor.decompress(data)
+            plain: bytes = self._decompressor.decompress(data)
+            return plain
         except Exception as exc:  # cramjam raises OSError-like errors of its own
             raise FrameError(f"corrupt snappy stream from nsqd: {exc}") from exc
 

@@ -13,14 +13,21 @@ turn into one write, and tells what happens on the wire through Rx subjects:
 ``errors``
     every error frame as a typed error; non-fatal ones leave the connection open.
 ``state``
-    :class:`ConnectionState` changes (a BehaviorSubject: subscribers get the current one).
+    :class:`ConnectionState` changes (a new subscriber gets the current one first).
 ``events``
-    pynsq's event names with their data (``connect``, ``identify``, ``identify_response``,
-    ``auth``, ``auth_response``, ``ready``, ``response``, ``message``, ``heartbeat``,
-    ``backoff``, ``resume``, ``error``, ``close``).
+    every :class:`ConnectionEvent` of the connection's life, in order (``connected`` ...
+    ``ready``, ``message``, ``finished``, ``requeued``, ..., ``closed``).
 
 Emissions happen from the read loop or through ``call_soon``, never inside ``fin()``,
 ``req()``, ``touch()``, ``rdy()`` or a publish call, so Rx operators are never re-entered.
+What a subscriber raises is caught and logged (a message it concerned is requeued): it never
+reaches the read loop. These streams end with the connection; a Reader's own streams
+(``reader.events``, ``reader.heartbeats``...) go on across reconnects.
+
+A consumer (the Reader) is told what happens through a :class:`ConnectionDelegate` given at
+construction. The connection keeps every unsettled message until it is settled or nsqd takes
+it back after ``msg_timeout`` (then it is *abandoned*: counted, reported, never FINed).
+Settling from another thread hands over to the connection's loop at once.
 """
 
 from __future__ import annotations
@@ -31,16 +38,17 @@ import enum
 import logging
 import math
 import ssl
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import reactivex
-from reactivex.subject import BehaviorSubject, Subject
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
 from . import protocol
+from .address import join_host_port, split_tcp_address
 from .codecs import Codec, DeflateCodec, IdentityCodec, SnappyCodec
 from .config import ConnectionOptions
 from .errors import (
@@ -48,17 +56,21 @@ from .errors import (
     ConnectionClosedError,
     ConnectTimeoutError,
     FrameError,
+    IdentifyRefusedError,
+    InvalidError,
+    NegotiationError,
     NSQConnectionError,
     NSQError,
     ProtocolError,
     error_from_frame,
 )
-from .message import Delivery, Message
+from .message import ConsumerContext, Delivery, Message
 from .protocol import Frame, IdentifyResponse
-from .sync import split_address
+from .streams import Broadcast
 
 __all__ = [
     "Connection",
+    "ConnectionDelegate",
     "ConnectionEvent",
     "ConnectionState",
     "NegotiationError",
@@ -82,14 +94,46 @@ class ConnectionState(enum.Enum):
 
 
 class ConnectionEvent(NamedTuple):
-    """A pynsq-style event: its name and what goes with it."""
+    """Something that happened on one connection: its ``kind``, what goes with it and the
+    message it concerns, if any.
 
-    name: str
+    Kinds, in a connection's life: ``connected`` (TCP), ``identifying`` (data: the IDENTIFY
+    fields), ``identified`` (the :class:`~rxnsq.protocol.IdentifyResponse`),
+    ``authenticating``, ``authorized`` (the :class:`~rxnsq.protocol.AuthResponse`), ``ready``;
+    then ``message``, ``finished``, ``requeued`` (data: whether it backs off), ``heartbeat``,
+    ``response`` (the bytes), ``error`` (the typed error frame); last ``closed`` (data: why).
+    """
+
+    kind: str
     data: Any = None
+    message: Message[Any] | None = None
 
 
-class NegotiationError(NSQError):
-    """nsqd did not grant a feature that must not be done without (TLS asked for)."""
+class ConnectionDelegate(Protocol):
+    """What a connection tells the consumer that owns it; every call is on the loop."""
+
+    def on_message(self, conn: Connection, message: Message[bytes]) -> None:
+        """A message arrived (before the connection's own ``messages`` stream has it)."""
+        ...
+
+    def on_settle(self, conn: Connection, message: Message[Any], backoff: bool | None) -> None:
+        """A message was settled: FIN (None), REQ with or without backoff. Called after it
+        left ``conn.in_flight`` and before the command is queued, so RDY changes go first."""
+        ...
+
+    def on_abandon(self, conn: Connection, messages: list[Message[Any]]) -> None:
+        """nsqd took these messages back: neither settled nor touched within msg_timeout."""
+        ...
+
+    def on_heartbeat(self, conn: Connection) -> None: ...
+
+    def on_subscriber_error(
+        self, conn: Connection, error: Exception, message: Message[Any] | None
+    ) -> None:
+        """A subscriber of one of the connection's streams raised."""
+        ...
+
+    def on_closed(self, conn: Connection, reason: NSQError) -> None: ...
 
 
 def default_requeue_delay(attempts: int) -> float:
@@ -109,41 +153,53 @@ class Connection:
         self,
         address: str,
         options: ConnectionOptions | None = None,
+        *,
+        delegate: ConnectionDelegate | None = None,
+        consumer: ConsumerContext | None = None,
+        requeue_delay: Callable[[int], float] = default_requeue_delay,
+        max_requeue_delay: float = 3600.0,
         **kwargs: Any,
     ) -> None:
         if options is not None and kwargs:
             raise TypeError("give either options= or keyword options, not both")
         self.options = options if options is not None else ConnectionOptions(**kwargs)
-        self.host, self.port = split_address(address)
-        self.address = f"[{self.host}]:{self.port}" if ":" in self.host else address
+        self.host, self.port = split_tcp_address(address, "address")
+        self.address = join_host_port(self.host, self.port)
         self.identify_response: IdentifyResponse | None = None
         self.auth_response: protocol.AuthResponse | None = None
-        self.requeue_delay: Callable[[int], float] = default_requeue_delay
+        #: The REQ delay for a message's attempt count when ``req()`` gives none.
+        self.requeue_delay = requeue_delay
         #: Upper bound for any REQ delay, the computed default or one given to ``req()``.
-        self.max_requeue_delay = 3600.0
-        #: The Reader consuming through this connection, if any (operators read its limits).
-        self.consumer: Any = None
-        #: Called with each message before ``messages`` emits it: the consumer's fast path.
-        self.on_message: Callable[[Message[bytes]], None] | None = None
-        #: Called before the FIN/REQ bytes are queued, so RDY changes it makes go out first.
-        self.on_settle: Callable[[Connection, Delivery, bool | None], None] | None = None
+        self.max_requeue_delay = max_requeue_delay
+        self._delegate = delegate
+        self._consumer = consumer
 
-        self.messages: Subject[Message[bytes]] = Subject()
-        self.heartbeats: Subject[float] = Subject()
-        self.responses: Subject[bytes] = Subject()
-        self.errors: Subject[ProtocolError] = Subject()
-        self.events: Subject[ConnectionEvent] = Subject()
-        self._state: BehaviorSubject[ConnectionState] = BehaviorSubject(ConnectionState.INIT)
+        self._messages: Broadcast[Message[bytes]] = Broadcast(
+            f"{self.address} messages", on_raise=self._on_message_subscriber_error
+        )
+        self._heartbeats: Broadcast[float] = Broadcast(f"{self.address} heartbeats")
+        self._responses: Broadcast[bytes] = Broadcast(f"{self.address} responses")
+        self._errors: Broadcast[ProtocolError] = Broadcast(f"{self.address} errors")
+        self._events: Broadcast[ConnectionEvent] = Broadcast(f"{self.address} events")
+        self._state = ConnectionState.INIT
+        self._states: Broadcast[ConnectionState] = Broadcast(f"{self.address} states", replay=True)
+        self._states.emit(ConnectionState.INIT)
 
         self.rdy_count = 0
-        self._unsettled: set[Delivery] = set()
+        #: Unsettled deliveries (in arrival order) and the first Message of each.
+        self._unsettled: dict[Delivery, Message[bytes]] = {}
         self.finished = 0
         self.requeued = 0
+        self.abandoned = 0
+        #: Settlements that came too late to send anything: already settled, abandoned or
+        #: the connection was gone (the second of two racing threads, a FIN after a timeout).
         self.duplicate_settlements = 0
         self.last_message_time = 0.0
         self.subscription: tuple[str, str] | None = None
 
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread_id = 0
+        self._sweeper: asyncio.TimerHandle | None = None
         self._stream: IOStream | None = None
         self._codec: Codec = IdentityCodec()
         self._reader = protocol.FrameReader(self.options.max_frame_size)
@@ -168,28 +224,87 @@ class Connection:
     @property
     def state(self) -> ConnectionState:
         """The current state."""
-        return self._state.value
+        return self._state
+
+    @property
+    def messages(self) -> reactivex.Observable[Message[bytes]]:
+        """Every delivered message, from the read loop."""
+        return self._messages.observable
+
+    @property
+    def heartbeats(self) -> reactivex.Observable[float]:
+        """The loop time of each heartbeat (already answered with NOP)."""
+        return self._heartbeats.observable
+
+    @property
+    def responses(self) -> reactivex.Observable[bytes]:
+        """Response frames nobody waited for."""
+        return self._responses.observable
+
+    @property
+    def errors(self) -> reactivex.Observable[ProtocolError]:
+        """Every error frame as a typed error."""
+        return self._errors.observable
+
+    @property
+    def events(self) -> reactivex.Observable[ConnectionEvent]:
+        """Every :class:`ConnectionEvent`, from connecting to closing."""
+        return self._events.observable
+
+    @property
+    def consumer(self) -> ConsumerContext | None:
+        """The Reader consuming through this connection, if any."""
+        return self._consumer
+
+    @property
+    def msg_timeout(self) -> float:
+        """Seconds nsqd gives a message before taking it back (as negotiated)."""
+        granted = self.identify_response.msg_timeout if self.identify_response else 0
+        if granted > 0:
+            return granted / 1000
+        return self.options.msg_timeout or 60.0
+
+    @property
+    def max_msg_timeout(self) -> float:
+        """The most time TOUCH can win a message in total (nsqd's --max-msg-timeout)."""
+        granted = self.identify_response.max_msg_timeout if self.identify_response else 0
+        return granted / 1000 if granted > 0 else 900.0
 
     @property
     def states(self) -> reactivex.Observable[ConnectionState]:
         """State changes, starting with the current state."""
-        return self._state
+        return self._states.observable
 
     @property
     def is_ready(self) -> bool:
         """The handshake is done and the connection is open."""
-        return self._state.value is ConnectionState.READY
+        return self._state is ConnectionState.READY
 
     @property
     def closed(self) -> bool:
-        return self._state.value is ConnectionState.CLOSED
+        return self._state is ConnectionState.CLOSED
 
     def _set_state(self, state: ConnectionState) -> None:
-        if self._state.value is not state:
-            self._state.on_next(state)
+        if self._state is not state:
+            self._state = state
+            self._states.emit(state)
 
-    def _event(self, name: str, data: Any = None) -> None:
-        self.events.on_next(ConnectionEvent(name, data))
+    def _event(self, kind: str, data: Any = None, message: Message[Any] | None = None) -> None:
+        if self._events.has_observers:
+            self._events.emit(ConnectionEvent(kind, data, message))
+
+    def _on_message_subscriber_error(self, error: Exception, message: Message[bytes]) -> None:
+        if message.outcome is None:
+            message.req(backoff=True)
+        if self._delegate is not None:
+            self._delegate.on_subscriber_error(self, error, message)
+        else:
+            logger.error(
+                "%s: a subscriber raised on message %s; requeued",
+                self.address,
+                message.id.decode(errors="replace"),
+                exc_info=error,
+            )
 
     # --- connecting ------------------------------------------------------------------------
 
@@ -203,6 +318,7 @@ class Connection:
         if self.state is not ConnectionState.INIT:
             raise NSQConnectionError(f"{self.address}: connect() was already called")
         self._loop = asyncio.get_running_loop()
+        self._thread_id = threading.get_ident()
         self._set_state(ConnectionState.CONNECTING)
         timeout = self.options.connect_timeout
         try:
@@ -219,7 +335,7 @@ class Connection:
                     f"cannot connect to nsqd at {self.address}: {reason}"
                 ) from exc
             self._stream.set_nodelay(True)
-            self._event("connect")
+            self._event("connected")
             try:
                 async with asyncio.timeout(timeout):
                     response = await self._handshake()
@@ -245,10 +361,18 @@ class Connection:
         self._set_state(ConnectionState.IDENTIFYING)
         fields = self.options.identify_fields()
         self._stream.write(protocol.MAGIC_V2 + protocol.encode_identify(fields))
-        self._event("identify", fields)
-        response = protocol.parse_identify_response(await self._handshake_reply())
+        self._event("identifying", fields)
+        try:
+            reply = await self._handshake_reply()
+        except ProtocolError as exc:
+            refused = protocol.identify_refusal(exc.text)
+            if refused is None:
+                raise
+            option, value = refused
+            raise IdentifyRefusedError(option, value, exc.text) from exc
+        response = protocol.parse_identify_response(reply)
         self.identify_response = response
-        self._event("identify_response", response)
+        self._event("identified", response)
         logger.debug("%s: IDENTIFY response %s", self.address, response)
 
         if self.options.wants_tls:
@@ -329,9 +453,9 @@ class Connection:
                 f"nsqd at {self.address} requires authorization: give auth_secret",
             )
         self._stream.write(self._codec.encode(protocol.encode_auth(secret)))
-        self._event("auth")
+        self._event("authenticating")
         self.auth_response = protocol.parse_auth_response(await self._handshake_reply())
-        self._event("auth_response", self.auth_response)
+        self._event("authorized", self.auth_response)
         logger.info(
             "%s: authorized as %r (%d permissions)",
             self.address,
@@ -361,7 +485,7 @@ class Connection:
 
     def _command(self, data: bytes) -> asyncio.Future[bytes]:
         """Send a command that nsqd answers, and a future for the answer (FIFO order)."""
-        if self._state.value is not ConnectionState.READY:
+        if self._state is not ConnectionState.READY:
             raise ConnectionClosedError(
                 f"{self.address}: connection is {self.state.value}, not ready"
             )
@@ -397,6 +521,7 @@ class Connection:
         command = protocol.encode_sub(topic, channel)
         self.subscription = (topic, channel)
         await self._command(command)
+        self._arm_sweeper()
         logger.info("%s: subscribed to %s/%s", self.address, topic, channel)
 
     def rdy(self, count: int) -> None:
@@ -404,7 +529,7 @@ class Connection:
         max_rdy = self.max_rdy_count
         if count > max_rdy:
             raise ValueError(f"RDY {count} is above nsqd's max_rdy_count of {max_rdy}")
-        if count != self.rdy_count and self._state.value is ConnectionState.READY:
+        if count != self.rdy_count and self._state is ConnectionState.READY:
             self.rdy_count = count
             self.send(protocol.encode_rdy(count))
 
@@ -418,40 +543,131 @@ class Connection:
 
     @property
     def in_flight(self) -> int:
-        """Messages delivered here and not yet finished or requeued."""
+        """Messages delivered here and neither settled nor taken back by nsqd yet."""
         return len(self._unsettled)
 
-    def settle_fin(self, delivery: Delivery) -> None:
-        if self.on_settle is not None:
-            self.on_settle(self, delivery, None)
-        self.finished += 1
-        self._settled(delivery)
-        self.send(b"FIN " + delivery.id + b"\n")
-        self._event_soon("resume", delivery)
+    def unsettled(self) -> list[Message[bytes]]:
+        """The messages delivered here and not yet settled, oldest first."""
+        return list(self._unsettled.values())
 
-    def settle_req(self, delivery: Delivery, delay: float | None, backoff: bool) -> None:
-        if self.on_settle is not None:
-            self.on_settle(self, delivery, backoff)
+    def settle_fin(self, message: Message[Any]) -> None:
+        if threading.get_ident() != self._thread_id and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._fin, message)
+        else:
+            self._fin(message)
+
+    def settle_req(self, message: Message[Any], delay: float | None, backoff: bool) -> None:
+        if threading.get_ident() != self._thread_id and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._req, message, delay, backoff)
+        else:
+            self._req(message, delay, backoff)
+
+    def settle_touch(self, message: Message[Any]) -> None:
+        if threading.get_ident() != self._thread_id and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._touch, message)
+        else:
+            self._touch(message)
+
+    def _fin(self, message: Message[Any]) -> None:
+        delivery = message.delivery
+        if self._unsettled.pop(delivery, None) is None:
+            self.duplicate_settlements += 1
+            return
+        self.finished += 1
+        if self._delegate is not None:
+            self._delegate.on_settle(self, message, None)
+        self.send(b"FIN " + delivery.id + b"\n")
+        self._settled()
+        self._event_soon("finished", None, message)
+
+    def _req(self, message: Message[Any], delay: float | None, backoff: bool) -> None:
+        delivery = message.delivery
+        if self._unsettled.pop(delivery, None) is None:
+            self.duplicate_settlements += 1
+            return
+        self.requeued += 1
+        if self._delegate is not None:
+            self._delegate.on_settle(self, message, backoff)
         if delay is None:
             delay = self.requeue_delay(delivery.attempts)
         delay = min(delay, self.max_requeue_delay)
-        self.requeued += 1
-        self._settled(delivery)
         self.send(protocol.encode_req(delivery.id, max(0, math.floor(delay * 1000))))
-        self._event_soon("backoff" if backoff else "continue", delivery)
+        self._settled()
+        self._event_soon("requeued", backoff, message)
 
-    def settle_touch(self, delivery: Delivery) -> None:
+    def _touch(self, message: Message[Any]) -> None:
+        delivery = message.delivery
+        if delivery not in self._unsettled or delivery.outcome is not None:
+            return
+        assert self._loop is not None
+        # nsqd restarts the timeout, but never past max_msg_timeout after the first delivery
+        limit = delivery.received + self.max_msg_timeout
+        delivery.deadline = min(self._loop.time() + self.msg_timeout, limit)
         self.send(b"TOUCH " + delivery.id + b"\n")
 
-    def _settled(self, delivery: Delivery) -> None:
-        unsettled = self._unsettled
-        unsettled.discard(delivery)
-        if not unsettled and self._drained is not None and not self._drained.done():
+    def _settled(self) -> None:
+        if not self._unsettled and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
-    def _event_soon(self, name: str, data: Any) -> None:
-        if self._loop is not None and self.events.observers:
-            self._loop.call_soon(self._event, name, data)
+    def _event_soon(self, kind: str, data: Any, message: Message[Any]) -> None:
+        if self._loop is not None and self._events.has_observers:
+            self._loop.call_soon(self._event, kind, data, message)
+
+    # --- abandoned messages ------------------------------------------------------------------
+
+    def _arm_sweeper(self) -> None:
+        if self._loop is None or self._sweeper is not None:
+            return
+        interval = min(1.0, max(0.05, self.msg_timeout / 10))
+        self._sweeper = self._loop.call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        """Let go of messages nsqd has taken back (their deadline passed unsettled)."""
+        self._sweeper = None
+        if self._unsettled:
+            assert self._loop is not None
+            now = self._loop.time()
+            expired = [
+                message
+                for delivery, message in self._unsettled.items()
+                if delivery.deadline <= now and delivery.outcome is None
+            ]
+            if expired:
+                self._abandon(expired)
+        if self._state in (ConnectionState.READY, ConnectionState.CLOSING):
+            self._arm_sweeper()
+
+    def _make_room(self, now: float) -> None:
+        """nsqd sent a message while we count the window full: it took some back. Let go of
+        those closest to their deadline (the sweep would, a moment later)."""
+        excess = len(self._unsettled) + 1 - self.rdy_count
+        margin = min(0.5, self.msg_timeout / 10)
+        due = [
+            message
+            for delivery, message in self._unsettled.items()
+            if delivery.deadline - margin <= now and delivery.outcome is None
+        ]
+        if due:
+            due.sort(key=lambda m: m.delivery.deadline)
+            self._abandon(due[:excess])
+
+    def _abandon(self, messages: list[Message[bytes]]) -> None:
+        for message in messages:
+            delivery = message.delivery
+            del self._unsettled[delivery]
+            delivery.outcome = "abandoned"
+        self.abandoned += len(messages)
+        if self._delegate is not None:
+            self._delegate.on_abandon(self, messages)
+        else:
+            logger.warning(
+                "%s: %d messages were neither settled nor touched within msg_timeout (%.1fs); "
+                "nsqd took them back and will deliver them again",
+                self.address,
+                len(messages),
+                self.msg_timeout,
+            )
+        self._settled()
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -493,20 +709,25 @@ class Connection:
                 self._on_error(error_from_frame(data))
 
     def _on_message(self, data: bytes) -> None:
-        message = Message.from_raw(protocol.decode_message(data), self)
-        self._unsettled.add(message.delivery)
-        self.last_message_time = self._last_read
-        if self.on_message is not None:
-            self.on_message(message)
-        if self.messages.observers:
-            self.messages.on_next(message)
-        if self.events.observers:
-            self._event("message", message)
+        now = self._last_read
+        message = Message.from_raw(protocol.decode_message(data), self, now)
+        if len(self._unsettled) >= self.rdy_count and self._unsettled:
+            self._make_room(now)
+        self._unsettled[message.delivery] = message
+        self.last_message_time = now
+        if self._delegate is not None:
+            self._delegate.on_message(self, message)
+        if self._messages.has_observers:
+            self._messages.emit(message)
+        if self._events.has_observers:
+            self._event("message", None, message)
 
     def _on_response(self, data: bytes) -> None:
         if data == protocol.HEARTBEAT:
             self.send(protocol.encode_nop())
-            self.heartbeats.on_next(self._last_read)
+            if self._delegate is not None:
+                self._delegate.on_heartbeat(self)
+            self._heartbeats.emit(self._last_read)
             self._event("heartbeat")
             return
         if self._pending:
@@ -515,21 +736,28 @@ class Connection:
                 future.set_result(data)
         else:
             logger.warning("%s: unexpected response %r", self.address, data[:80])
-            self.responses.on_next(data)
+            self._responses.emit(data)
         self._event("response", data)
 
     def _on_error(self, error: ProtocolError) -> None:
-        self.errors.on_next(error)
+        self._errors.emit(error)
         self._event("error", error)
         if not error.fatal:
             logger.warning("%s: %s", self.address, error.text)
             return
         logger.error("%s: %s", self.address, error.text)
+        failure: NSQError = error
+        if isinstance(error, InvalidError) and "TLS required" in error.text:
+            failure = NegotiationError(
+                f"nsqd at {self.address} requires TLS ({error.text}): "
+                "set tls_v1=True (or tls_options)"
+            )
+            failure.__cause__ = error
         if self._pending:
             future = self._pending.popleft()
             if not future.done():
-                future.set_exception(error)
-        raise error
+                future.set_exception(failure)
+        raise failure
 
     # --- liveness --------------------------------------------------------------------------
 
@@ -549,7 +777,7 @@ class Connection:
                 "closing the connection as dead"
             )
             logger.warning("%s", self._close_error)
-            self._abort()
+            self.abort()
             return
         self._arm_liveness()
 
@@ -562,7 +790,7 @@ class Connection:
             await self._wait_closed()
             return
         if self.state is not ConnectionState.READY:
-            self._abort()
+            self.abort()
             return
         assert self._loop is not None
         deadline = self._loop.time() + timeout
@@ -610,13 +838,17 @@ class Connection:
         For shutdown: nsqd redelivers them now instead of after their timeout.
         """
         count = 0
-        for delivery in list(self._unsettled):
-            if delivery.outcome is None:
-                delivery.outcome = "req"
-                self.requeued += 1
-                self.send(protocol.encode_req(delivery.id, 0))
-                count += 1
+        for delivery in self._unsettled:
+            if delivery.outcome == "fin":  # finished on another thread, not yet on the loop
+                self.finished += 1
+                self.send(b"FIN " + delivery.id + b"\n")
+                continue
+            delivery.outcome = "req"
+            self.requeued += 1
+            self.send(protocol.encode_req(delivery.id, 0))
+            count += 1
         self._unsettled.clear()
+        self._settled()
         return count
 
     async def _wait_closed(self) -> None:
@@ -624,18 +856,23 @@ class Connection:
         if task is not None and task is not asyncio.current_task():
             await asyncio.wait([task])
 
-    def _abort(self) -> None:
-        """Close the socket now; the read loop fails what is pending."""
+    def abort(self) -> None:
+        """Close the socket now, without draining; the read loop fails what is pending."""
         if self._stream is not None:
             self._stream.close()
         elif self._read_task is None:
             self._teardown(ConnectionClosedError(f"{self.address}: closed"))
 
     def _teardown(self, error: NSQError) -> None:
-        if self._state.value is ConnectionState.CLOSED:
+        if self._state is ConnectionState.CLOSED:
             return
         if self._liveness is not None:
             self._liveness.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        # nsqd requeues what was in flight when the connection goes; settling it is moot
+        self._unsettled.clear()
         if self._stream is not None and not self._stream.closed():
             self._stream.close()
         pending = list(self._pending)
@@ -658,9 +895,12 @@ class Connection:
         self.rdy_count = 0
         self.close_reason = error
         self._set_state(ConnectionState.CLOSED)
-        self._event("close", error)
-        for subject in (self.messages, self.heartbeats, self.responses, self.errors, self.events):
-            subject.on_completed()
-        self._state.on_completed()
+        self._event("closed", error)
+        for stream in (self._messages, self._heartbeats, self._responses, self._errors):
+            stream.complete()
+        self._events.complete()
+        self._states.complete()
+        if self._delegate is not None:
+            self._delegate.on_closed(self, error)
         if not isinstance(error, ConnectionClosedError) or self._close_error is not error:
             logger.info("%s: closed: %s", self.address, error)

@@ -22,6 +22,7 @@ from typing import Any
 import reactivex
 
 from . import ops as nsq
+from .flow import BackoffState
 from .reader import Reader
 from .testing import NsqdProcess, NsqlookupdProcess
 from .writer import Writer
@@ -90,9 +91,11 @@ async def run_demo(
         if len(seen) == count and not done.done():
             done.set_result(None)
 
-    reader.backoff.subscribe(
-        lambda s: s.level and print(f"  backoff level {s.level} ({s.phase}, {s.interval:.1f}s)")
-    )
+    def show_backoff(state: BackoffState) -> None:
+        if state.level:
+            print(f"  backoff level {state.level} ({state.phase}, {state.interval:.1f}s)")
+
+    reader.backoff.subscribe(show_backoff)
     reader.messages.pipe(
         nsq.decode(json.loads),
         nsq.batch(window, timespan=0.5),

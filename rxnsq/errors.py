@@ -4,6 +4,11 @@ The tree::
 
     NSQError                          root of everything rxnsq raises
     ├── ConfigError (ValueError)      an option out of range; names the option and its range
+    │   └── IdentifyRefusedError      nsqd refused an IDENTIFY option (above its maximum...)
+    ├── StateError (RuntimeError)     the call does not fit the object's state (peek on a
+    │                                 reader that is consuming)
+    ├── NegotiationError              nsqd did not grant a feature that must not be done
+    │                                 without (TLS asked for, or TLS required by nsqd)
     ├── InvalidNameError (ValueError) a topic or channel name nsqd would refuse
     ├── InvalidBodyError (ValueError) a body that is not bytes/bytearray/memoryview/str, empty or
     │                                 oversized; an empty MPUB; a DPUB delay out of range; a
@@ -67,6 +72,7 @@ __all__ = [
     "HTTPInvalidBodyError",
     "HTTPInvalidNameError",
     "IdentifyError",
+    "IdentifyRefusedError",
     "InvalidBodyError",
     "InvalidError",
     "InvalidNameError",
@@ -74,10 +80,12 @@ __all__ = [
     "MessageResponseError",
     "NSQConnectionError",
     "NSQError",
+    "NegotiationError",
     "ProtocolError",
     "PublishError",
     "PublishTimeoutError",
     "SinkOverflowError",
+    "StateError",
     "SubscribeError",
     "WrongPortError",
     "error_from_frame",
@@ -100,6 +108,23 @@ class ConfigError(NSQError, ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"invalid {option}={value!r}: {allowed}")
+
+
+class IdentifyRefusedError(ConfigError):
+    """nsqd refused an IDENTIFY option: ``option``, the ``value`` sent, nsqd's ``answer``."""
+
+    def __init__(self, option: str, value: object, answer: str) -> None:
+        super().__init__(option, value, f"nsqd refused it ({answer})")
+        self.answer = answer
+
+
+class StateError(NSQError, RuntimeError):
+    """The call does not fit the object's state, e.g. ``peek()`` on a consuming reader."""
+
+
+class NegotiationError(NSQError):
+    """nsqd did not grant a feature that must not be done without: TLS asked for and not
+    granted, or TLS required by nsqd and not asked for. Fatal: retrying cannot help."""
 
 
 class InvalidNameError(NSQError, ValueError):

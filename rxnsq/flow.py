@@ -8,8 +8,13 @@ every RDY count and hands it to ``send_rdy``. Because the Reader calls :meth:`on
 The rules (go-nsq's, which the NSQ client guide describes):
 
 * Each connection's share is ``max(1, max_in_flight // connections)``, clamped to the
-  connection's ``max_rdy_count``. The sum of RDY never exceeds ``max_in_flight``: lower
-  values are sent before higher ones, and a raise is cut to what the budget leaves.
+  connection's ``max_rdy_count``. What a connection can hold unsettled is
+  ``max(RDY, in_flight)``, and for ``room_delay`` seconds after RDY was lowered the old
+  value (nsqd may not have read the new one yet and keeps sending): lowering RDY does not
+  take back what is held or under way. The sum of those holds never exceeds
+  ``max_in_flight``: lower values are sent before higher ones, and a raise is cut to the
+  room the others' holds leave; the rest follows (after ``room_delay``, so nsqd has seen the
+  FIN or RDY that made the room) as their messages settle.
 * With fewer slots than connections, some connections get nothing; every
   ``redistribute_interval`` connections idle for ``low_rdy_idle_timeout`` give their RDY
   back and RDY 1 goes to others, chosen at random.
@@ -22,9 +27,10 @@ The rules (go-nsq's, which the NSQ client guide describes):
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -55,7 +61,7 @@ class ExponentialBackoff:
     multiplier: float = 1.0
 
     def interval(self, level: int) -> float:
-        return self.multiplier * (2**level)
+        return math.ldexp(self.multiplier, level)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +72,7 @@ class FullJitterBackoff:
     rng: random.Random | None = None
 
     def interval(self, level: int) -> float:
-        return (self.rng or random).uniform(0, self.multiplier * (2**level))
+        return (self.rng or random).uniform(0, math.ldexp(self.multiplier, level))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +91,10 @@ class Timer(Protocol):
 
 
 class Peer(Protocol):
-    """What the controller reads from a connection (it never writes to one)."""
+    """What the controller reads from a connection (it never writes to one); connections
+    are told apart by identity (a Peer is a dict key)."""
+
+    def __hash__(self) -> int: ...
 
     @property
     def max_rdy_count(self) -> int: ...
@@ -95,14 +104,25 @@ class Peer(Protocol):
 
 
 class _PeerState:
-    __slots__ = ("last_message", "last_rdy_change", "peer", "rdy", "retry")
+    __slots__ = ("last_message", "lowered_from", "lowered_until", "peer", "rdy")
 
     def __init__(self, peer: Peer, now: float) -> None:
         self.peer = peer
         self.rdy = 0
         self.last_message = now
-        self.last_rdy_change = now
-        self.retry: Timer | None = None
+        #: RDY before it was last lowered, which nsqd may act on until ``lowered_until``.
+        self.lowered_from = 0
+        self.lowered_until = 0.0
+
+    def hold(self, now: float) -> int:
+        """How many messages this connection may have unsettled at most right now."""
+        held = self.rdy
+        in_flight = self.peer.in_flight
+        if in_flight > held:
+            held = in_flight
+        if self.lowered_from > held and now < self.lowered_until:
+            held = self.lowered_from
+        return held
 
 
 class FlowController:
@@ -126,6 +146,7 @@ class FlowController:
         redistribute_interval: float = 5.0,
         on_backoff: Callable[[BackoffState], None] | None = None,
         rng: random.Random | None = None,
+        room_delay: float = 0.05,
     ) -> None:
         if max_in_flight < 0:
             raise ValueError("max_in_flight must be >= 0")
@@ -139,12 +160,16 @@ class FlowController:
         self._clock = clock
         self._on_backoff = on_backoff
         self._rng = rng or random.Random()
-        self._peers: dict[Hashable, _PeerState] = {}
+        self._peers: dict[Peer, _PeerState] = {}
         self._total_rdy = 0
         self._level = 0
         self._interval = 0.0
         self._backoff_timer: Timer | None = None
         self._redistribute_timer: Timer | None = None
+        self._room_timer: Timer | None = None
+        self.room_delay = room_delay
+        #: A raise was cut short for lack of room: retry when a held message settles.
+        self._wants_room = False
         self._needs_redistribution = False
         self._closed = False
 
@@ -164,8 +189,6 @@ class FlowController:
         state = self._peers.pop(peer, None)
         if state is None:
             return
-        if state.retry is not None:
-            state.retry.cancel()
         self._total_rdy -= state.rdy
         if state.rdy > 0 and (self._level > 0 or len(self._peers) < self.max_in_flight):
             self._needs_redistribution = True
@@ -173,6 +196,8 @@ class FlowController:
             self._update_all()
         if self._level > 0 and self._backoff_timer is None and state.rdy > 0:
             self._resume()  # the test RDY 1 went away with it: hand it to another
+        elif self._wants_room:
+            self._room_made()  # what it held is nsqd's again
 
     def on_message(self, peer: Peer) -> None:
         """A message arrived on ``peer`` (for the idle-connection rule)."""
@@ -183,8 +208,11 @@ class FlowController:
     def on_settle(self, peer: Peer, backoff: bool | None) -> None:
         """A message was settled: FIN (``None``), REQ with backoff (True), without (False).
 
-        Call it before the FIN or REQ is written so the RDY it causes goes first.
+        Call it after the message left the peer's in-flight count and before the FIN or REQ
+        is written, so the RDY it causes goes first.
         """
+        if self._wants_room:
+            self._room_made()
         if self._backoff_timer is not None:
             return  # results from before the wait ended do not count
         if backoff is None:
@@ -207,6 +235,12 @@ class FlowController:
         else:
             self._enter_backoff()  # any result while backing off opens another wait
 
+    def on_release(self, peer: Peer) -> None:
+        """Messages left ``peer``'s in-flight count without a result (nsqd took them back
+        after their timeout, or they were requeued at shutdown): their room is free again."""
+        if self._wants_room:
+            self._room_made()
+
     def set_max_in_flight(self, max_in_flight: int) -> None:
         """Change the budget at run time; 0 pauses every connection."""
         if max_in_flight < 0:
@@ -222,14 +256,12 @@ class FlowController:
     def close(self) -> None:
         """Stop every timer; RDY 0 for all (nothing more should be delivered)."""
         self._closed = True
-        for timer in (self._backoff_timer, self._redistribute_timer):
+        for timer in (self._backoff_timer, self._redistribute_timer, self._room_timer):
             if timer is not None:
                 timer.cancel()
-        self._backoff_timer = self._redistribute_timer = None
+        self._backoff_timer = self._redistribute_timer = self._room_timer = None
+        self._wants_room = False
         for state in self._peers.values():
-            if state.retry is not None:
-                state.retry.cancel()
-                state.retry = None
             self._set(state, 0)
 
     # --- what the reader asks ---------------------------------------------------------------
@@ -237,6 +269,12 @@ class FlowController:
     @property
     def total_rdy(self) -> int:
         return self._total_rdy
+
+    @property
+    def held(self) -> int:
+        """The most messages that can be unsettled now: the sum of the connections' holds."""
+        now = self._clock()
+        return sum(state.hold(now) for state in self._peers.values())
 
     @property
     def state(self) -> BackoffState:
@@ -276,10 +314,51 @@ class FlowController:
     def _set(self, state: _PeerState, count: int) -> None:
         if count == state.rdy:
             return
+        if count < state.rdy:
+            now = self._clock()
+            state.lowered_from = state.hold(now)
+            state.lowered_until = now + self.room_delay
         self._total_rdy += count - state.rdy
         state.rdy = count
-        state.last_rdy_change = self._clock()
         self._send_rdy(state.peer, count)
+
+    def _room_for(self, state: _PeerState) -> int:
+        """The largest RDY ``state`` may have without the holds exceeding max_in_flight."""
+        now = self._clock()
+        others = sum(s.hold(now) for s in self._peers.values() if s is not state)
+        return self.max_in_flight - others
+
+    def _want_room(self) -> None:
+        """A raise was cut short. Retry when a held message settles, or when a lowered RDY
+        has surely reached nsqd, whichever comes first."""
+        if self._closed:
+            return
+        self._wants_room = True
+        if self._room_timer is not None:
+            return
+        now = self._clock()
+        expiries = [s.lowered_until for s in self._peers.values() if s.lowered_until > now]
+        if expiries:
+            self._room_timer = self._call_later(min(expiries) - now, self._retry_raise)
+
+    def _room_made(self) -> None:
+        """A held message settled while a raise waits: retry it soon (once per burst)."""
+        if self._room_timer is None and not self._closed:
+            self._room_timer = self._call_later(self.room_delay, self._retry_raise)
+
+    def _retry_raise(self) -> None:
+        self._room_timer = None
+        if self._closed or self._backoff_timer is not None:
+            return
+        self._wants_room = False
+        if self._level > 0:
+            if self._total_rdy == 0:
+                self._resume()
+            return
+        if len(self._peers) > self.max_in_flight:
+            self.redistribute()
+        else:
+            self._update_all()
 
     def _update_all(self) -> None:
         """Every connection to its share, decreases first so the sum stays in budget."""
@@ -292,17 +371,12 @@ class FlowController:
 
     def _update(self, state: _PeerState, count: int) -> None:
         count = min(count, state.peer.max_rdy_count)
-        if state.retry is not None:
-            state.retry.cancel()
-            state.retry = None
-        available = self.max_in_flight - self._total_rdy + state.rdy
-        if 0 < available < count:
-            count = available
-        elif available <= 0 < count:
-            # no budget left: others hold it; try again later rather than starve
-            if state.rdy == 0 and not self._closed:
-                self._needs_redistribution = True
-            return
+        if count > state.rdy:
+            room = self._room_for(state)
+            if room < count:
+                # others still hold messages (or RDY): take what is free, the rest later
+                self._want_room()
+                count = max(room, state.rdy)
         self._set(state, count)
 
     def _enter_backoff(self) -> None:
@@ -337,7 +411,11 @@ class FlowController:
             return
         for state in self._peers.values():
             self._set(state, 0)
-        self._set(self._rng.choice(candidates), 1)
+        chosen = self._rng.choice(candidates)
+        if self._room_for(chosen) < 1:
+            self._want_room()  # messages still held elsewhere fill the window
+            return
+        self._set(chosen, 1)
         logger.info("testing backoff state with RDY 1")
         self._publish()
 
@@ -371,13 +449,16 @@ class FlowController:
             if state.rdy > 0 and now - state.last_message > self.low_rdy_idle_timeout:
                 logger.debug("idle connection gives up RDY %d", state.rdy)
                 self._set(state, 0)
-        budget = (1 if self._level > 0 else self.max_in_flight) - self._total_rdy
-        if budget <= 0:
-            return
         if not scarce and self._level == 0:
             self._update_all()
             return
-        idle = [s for s in self._peers.values() if s.rdy == 0]
+        room = self.max_in_flight - self.held
+        budget = min((1 if self._level > 0 else self.max_in_flight) - self._total_rdy, room)
+        if budget <= 0:
+            if room <= 0:
+                self._want_room()
+            return
+        idle = [s for s in self._peers.values() if s.rdy == 0 and s.peer.in_flight == 0]
         self._rng.shuffle(idle)
         for state in idle[:budget]:
             self._set(state, 1)

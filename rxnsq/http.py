@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Self
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from . import _httpapi, lookupd
+from .address import parse_http_address
 from .config import check_range
 from .errors import HTTPAPIError, error_from_http
 from .lookupd import Producer
@@ -66,7 +67,7 @@ class _HTTPAPIClient:
         request_timeout: float = 5.0,
         client: AsyncHTTPClient | None = None,
     ) -> None:
-        parts = _httpapi.parse_address(address_or_url, self._option, self._example)
+        parts = parse_http_address(address_or_url, self._option, self._example)
         check_range("connect_timeout", connect_timeout, 0.001, 3600.0)
         check_range("request_timeout", request_timeout, 0.001, 3600.0)
         #: The base URL requests go to, e.g. ``"http://127.0.0.1:4151"``.

@@ -22,22 +22,16 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from . import _httpapi
-from .config import address_list, check_range
+from .address import http_address_list, join_host_port, parse_http_address
+from .config import check_range
 from .errors import ConfigError, LookupdError, NSQConnectionError
 from .protocol import check_topic_name
 
-__all__ = ["LookupdPoller", "Producer", "join_host_port", "lookup", "lookupd_url"]
+__all__ = ["LookupdPoller", "Producer", "lookup", "lookupd_url"]
 
 logger = logging.getLogger(__name__)
 
 _OPTION = "lookupd_http_addresses"
-
-
-def join_host_port(host: str, port: int) -> str:
-    """``"host:port"``, with the brackets an IPv6 host needs: ``"[::1]:4150"``."""
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
 
 
 def lookupd_url(address: str, topic: str) -> str:
@@ -48,7 +42,7 @@ def lookupd_url(address: str, topic: str) -> str:
     query already there. The port is required (:class:`~rxnsq.errors.ConfigError` naming
     ``lookupd_http_addresses`` otherwise), as go-nsq requires it.
     """
-    parts = _httpapi.parse_address(address, _OPTION, "127.0.0.1:4161")
+    parts = parse_http_address(address, _OPTION, "127.0.0.1:4161")
     check_topic_name(topic)
     kept = [
         pair
@@ -218,7 +212,7 @@ class LookupdPoller:
         random: _random.Random | None = None,
         sleep: Callable[[float], Awaitable[object]] | None = None,
     ) -> None:
-        self.addresses = address_list(_OPTION, addresses)
+        self.addresses = http_address_list(_OPTION, addresses, "127.0.0.1:4161")
         if not self.addresses:
             raise ConfigError(_OPTION, addresses, "at least one nsqlookupd HTTP address")
         self.topic = check_topic_name(topic)

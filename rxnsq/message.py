@@ -4,21 +4,55 @@ A :class:`Message` carries a value of any type (the body at first) plus a handle
 delivery. ``with_value(x)`` makes a new Message with another value and the *same* delivery,
 so a message can be decoded and transformed in a pipeline and still be settled at the end.
 Settling twice is a counted no-op, never a second command to nsqd.
+
+``fin()``, ``req()`` and ``touch()`` may be called from any thread: off the connection's
+loop they are handed to it at once (``call_soon_threadsafe``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
+import math
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
+
+from .errors import ConfigError
 
 if TYPE_CHECKING:
+    import reactivex
+
     from .protocol import RawMessage
 
-__all__ = ["Delivery", "Message", "Outcome", "Settler"]
+__all__ = ["ConsumerContext", "Delivery", "Message", "Outcome", "Settler", "check_delay"]
 
 T = TypeVar("T")
 U = TypeVar("U")
 
-Outcome = Literal["fin", "req"]
+#: How a delivery ended: finished, requeued, or taken back by nsqd after its timeout.
+Outcome = Literal["fin", "req", "abandoned"]
+
+
+class ConsumerContext(Protocol):
+    """What an operator may ask of the consumer (the Reader) that delivered a message."""
+
+    @property
+    def max_in_flight(self) -> int: ...
+
+    def is_starved(self) -> bool:
+        """nsqd will send no more until some held messages are settled."""
+        ...
+
+    @property
+    def is_closing(self) -> bool: ...
+
+    @property
+    def closing(self) -> reactivex.Observable[None]:
+        """Emits once (late subscribers too) when the consumer begins to close."""
+        ...
+
+    def report_error(
+        self, error: BaseException, stage: str, message: Message[Any] | None = None
+    ) -> None:
+        """Report an exception that user code raised and a stage caught."""
+        ...
 
 
 class Settler(Protocol):
@@ -26,27 +60,48 @@ class Settler(Protocol):
 
     address: str
 
-    def settle_fin(self, delivery: Delivery) -> None: ...
+    @property
+    def consumer(self) -> ConsumerContext | None: ...
 
-    def settle_req(self, delivery: Delivery, delay: float | None, backoff: bool) -> None: ...
+    @property
+    def msg_timeout(self) -> float:
+        """Seconds nsqd waits for a result before it takes a message back."""
+        ...
 
-    def settle_touch(self, delivery: Delivery) -> None: ...
+    def settle_fin(self, message: Message[Any]) -> None: ...
+
+    def settle_req(self, message: Message[Any], delay: float | None, backoff: bool) -> None: ...
+
+    def settle_touch(self, message: Message[Any]) -> None: ...
+
+
+def check_delay(delay: object, option: str = "delay") -> float:
+    """A delay in seconds: a finite number >= 0, else :class:`ConfigError` (NaN, inf...)."""
+    number = isinstance(delay, int | float) and not isinstance(delay, bool)
+    if number and delay >= 0 and math.isfinite(delay):  # type: ignore[operator, arg-type]
+        return delay  # type: ignore[return-value]
+    raise ConfigError(option, delay, "a finite number of seconds >= 0")
 
 
 class Delivery:
     """One delivery of one message on one connection; shared by every ``with_value`` copy.
 
     Kept apart from the id because nsqd may deliver the same id again on the same connection
-    after a timeout: each delivery is settled on its own.
+    after a timeout: each delivery is settled on its own. ``deadline`` is the loop time at
+    which nsqd takes the message back unless it is settled or touched first.
     """
 
-    __slots__ = ("attempts", "id", "is_async", "outcome", "settler", "size")
+    __slots__ = ("attempts", "deadline", "id", "is_async", "outcome", "received", "settler", "size")
 
-    def __init__(self, settler: Settler, message_id: bytes, attempts: int, size: int) -> None:
+    def __init__(
+        self, settler: Settler, message_id: bytes, attempts: int, size: int, received: float
+    ) -> None:
         self.settler = settler
         self.id = message_id
         self.attempts = attempts
         self.size = size
+        self.received = received
+        self.deadline = received + settler.msg_timeout
         self.outcome: Outcome | None = None
         self.is_async = False
 
@@ -66,9 +121,9 @@ class Message(Generic[T]):
         self._delivery = delivery
 
     @classmethod
-    def from_raw(cls, raw: RawMessage, settler: Settler) -> Message[bytes]:
+    def from_raw(cls, raw: RawMessage, settler: Settler, received: float) -> Message[bytes]:
         """A Message whose value is its body, settled through ``settler``."""
-        delivery = Delivery(settler, raw.id, raw.attempts, len(raw.body))
+        delivery = Delivery(settler, raw.id, raw.attempts, len(raw.body), received)
         return Message(raw.body, raw.timestamp, raw.body, delivery)
 
     def __repr__(self) -> str:
@@ -99,25 +154,28 @@ class Message(Generic[T]):
         return self._delivery.settler
 
     @property
+    def consumer(self) -> ConsumerContext | None:
+        """The Reader that delivered the message, if any (its limits and closing state)."""
+        return self._delivery.settler.consumer
+
+    @property
+    def address(self) -> str:
+        """The address of the nsqd that delivered the message."""
+        return self._delivery.settler.address
+
+    @property
     def outcome(self) -> Outcome | None:
-        """``"fin"``, ``"req"``, or None while the message is in flight."""
+        """``"fin"``, ``"req"``, ``"abandoned"`` (nsqd took it back after its timeout), or
+        None while the message is in flight."""
         return self._delivery.outcome
 
     def has_responded(self) -> bool:
-        """Whether the message was already finished or requeued."""
+        """Whether the message was already settled (or abandoned)."""
         return self._delivery.outcome is not None
 
     def with_value(self, value: U) -> Message[U]:
         """The same delivery carrying another value (decoded, transformed...)."""
         return Message(self.body, self.timestamp, value, self._delivery)
-
-    def enable_async(self) -> None:
-        """Say the message will be settled later, outside the handler (pynsq's async mode)."""
-        self._delivery.is_async = True
-
-    def is_async(self) -> bool:
-        """Whether :meth:`enable_async` was called."""
-        return self._delivery.is_async
 
     def fin(self) -> bool:
         """Finish the message. Returns False (and sends nothing) if already settled."""
@@ -125,22 +183,23 @@ class Message(Generic[T]):
         if delivery.outcome is not None:
             return False
         delivery.outcome = "fin"
-        delivery.settler.settle_fin(delivery)
+        delivery.settler.settle_fin(self)
         return True
 
     def req(self, delay: float | None = None, backoff: bool = True) -> bool:
         """Requeue after ``delay`` seconds (None: the reader's default for the attempt count).
 
         ``backoff`` tells the reader whether this failure should slow consumption. Returns
-        False (and sends nothing) if already settled.
+        False (and sends nothing) if already settled. A delay that is not a finite number
+        >= 0 raises :class:`~rxnsq.errors.ConfigError` before anything is settled.
         """
+        if delay is not None:
+            delay = check_delay(delay)
         delivery = self._delivery
         if delivery.outcome is not None:
             return False
-        if delay is not None and delay < 0:
-            raise ValueError(f"requeue delay must be >= 0 seconds, not {delay!r}")
         delivery.outcome = "req"
-        delivery.settler.settle_req(delivery, delay, backoff)
+        delivery.settler.settle_req(self, delay, backoff)
         return True
 
     def touch(self) -> bool:
@@ -148,9 +207,5 @@ class Message(Generic[T]):
         delivery = self._delivery
         if delivery.outcome is not None:
             return False
-        delivery.settler.settle_touch(delivery)
+        delivery.settler.settle_touch(self)
         return True
-
-    # pynsq's names
-    finish = fin
-    requeue = req

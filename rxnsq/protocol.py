@@ -59,6 +59,7 @@ __all__ = [
     "encode_req",
     "encode_sub",
     "encode_touch",
+    "identify_refusal",
     "is_valid_channel_name",
     "is_valid_topic_name",
     "parse_auth_response",
@@ -426,6 +427,19 @@ class IdentifyResponse:
     output_buffer_size: int = 0
     output_buffer_timeout: int = 0
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+_IDENTIFY_REFUSAL = re.compile(r"IDENTIFY ([a-z ]+?) \((-?\d+)\) is invalid")
+
+
+def identify_refusal(text: str) -> tuple[str, int] | None:
+    """The option and value nsqd refused in an IDENTIFY error text, like
+    ``E_BAD_BODY IDENTIFY heartbeat interval (120000) is invalid`` ->
+    ``("heartbeat_interval", 120000)``; None for any other error."""
+    match = _IDENTIFY_REFUSAL.search(text)
+    if match is None:
+        return None
+    return match.group(1).replace(" ", "_"), int(match.group(2))
 
 
 def parse_identify_response(data: bytes) -> IdentifyResponse:

@@ -12,12 +12,12 @@ import asyncio
 import logging
 import signal
 import weakref
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
 
 from tornado.ioloop import IOLoop
 
-__all__ = ["close_all", "register", "run"]
+__all__ = ["close_all", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ _clients: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def register(client: Closable) -> None:
-    """Remember a Reader or Writer so ``run()`` closes it on shutdown."""
+    """Remember a Reader or Writer so ``run()`` closes it on shutdown (every Reader and
+    Writer registers itself when it is built, whether used with ``async with`` or not)."""
     _clients.add(client)
 
 
@@ -79,7 +80,7 @@ def run(main: Coroutine[Any, Any, T] | None = None, *, drain_timeout: float = 30
         loop.add_signal_handler(signum, on_signal, signum)
 
     async def supervise() -> None:
-        waiters: list[Awaitable[Any]] = [stopping]
+        waiters: list[asyncio.Future[Any]] = [stopping]
         task = loop.create_task(main) if main is not None else None
         if task is not None:
             waiters.append(task)

@@ -15,28 +15,13 @@ from types import TracebackType
 from typing import Any
 
 from . import protocol
+from .address import split_tcp_address
 from .errors import ConnectionClosedError, ConnectTimeoutError, NSQConnectionError, error_from_frame
 from .protocol import Frame, IdentifyResponse, RawMessage
 
-__all__ = ["SyncConnection", "split_address"]
+__all__ = ["SyncConnection"]
 
 logger = logging.getLogger(__name__)
-
-
-def split_address(address: str, default_port: int = 4150) -> tuple[str, int]:
-    """``"host:port"`` (``"[::1]:4150"`` for IPv6) to ``(host, port)``."""
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif address.count(":") == 1:
-        host, _, port = address.partition(":")
-    else:
-        host, port = address, ""
-    if not port:
-        return host, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"invalid port in address {address!r}")
-    return host, int(port)
 
 
 class SyncConnection:
@@ -87,7 +72,7 @@ class SyncConnection:
     def connect(self, host: str, port: int | None = None) -> None:
         """Open the socket and send the protocol magic. ``host`` may be ``"host:port"``."""
         if port is None:
-            host, port = split_address(host)
+            host, port = split_tcp_address(host, "host", default_port=4150)
         self.address = f"{host}:{port}"
         try:
             sock = socket.create_connection((host, port), timeout=self.timeout)

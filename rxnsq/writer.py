@@ -38,13 +38,14 @@ from reactivex.subject import Subject
 from . import _items, protocol, runner
 from ._items import Body, Deferred, Item, PublishAck, PublishResult
 from .config import ConnectionOptions, address_list, check_range
-from .connection import Connection, ConnectionState, NegotiationError
+from .connection import Connection, ConnectionState
 from .errors import (
     AuthError,
     ConfigError,
     ConnectionClosedError,
     IdentifyError,
     InvalidBodyError,
+    NegotiationError,
     NSQConnectionError,
     NSQError,
     PublishTimeoutError,

@@ -74,7 +74,7 @@ def channel_stats(nsqd: Any, topic: str, channel: str) -> dict[str, Any]:
     for t in nsqd.stats(topic=topic)["topics"] or []:
         for c in t["channels"]:
             if c["channel_name"] == channel:
-                return c  # type: ignore[no-any-return]
+                return c
     return {}
 
 

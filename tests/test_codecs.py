@@ -13,7 +13,7 @@ from rxnsq import errors
 from rxnsq.codecs import SNAPPY_STREAM_IDENTIFIER, DeflateCodec, IdentityCodec, SnappyCodec
 
 
-def feed_in_pieces(codec, data: bytes, size: int) -> bytes:  # type: ignore[no-untyped-def]
+def feed_in_pieces(codec, data: bytes, size: int) -> bytes:
     return b"".join(codec.decode(data[i : i + size]) for i in range(0, len(data), size))
 
 
@@ -58,7 +58,7 @@ def test_deflate_level_is_checked() -> None:
     writes=st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=12),
     piece=st.integers(1, 500),
 )
-def test_round_trip_any_chunking(make, writes: list[bytes], piece: int) -> None:  # type: ignore[no-untyped-def]
+def test_round_trip_any_chunking(make, writes: list[bytes], piece: int) -> None:
     sender, receiver = make(), make()
     stream = b"".join(sender.encode(w) for w in writes)
     assert feed_in_pieces(receiver, stream, piece) == b"".join(writes)
@@ -66,7 +66,7 @@ def test_round_trip_any_chunking(make, writes: list[bytes], piece: int) -> None:
 
 @pytest.mark.parametrize("make", [SnappyCodec, DeflateCodec])
 @given(data=st.binary(max_size=400))
-def test_garbage_gives_a_frame_error_or_bytes(make, data: bytes) -> None:  # type: ignore[no-untyped-def]
+def test_garbage_gives_a_frame_error_or_bytes(make, data: bytes) -> None:
     try:
         out = make().decode(data)
     except errors.FrameError:

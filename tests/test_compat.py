@@ -27,7 +27,7 @@ async def settled(nsqd: NsqdProcess, topic: str, count: int) -> dict[str, Any]:
     )
 
 
-async def test_true_finishes_false_requeues_with_backoff(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_true_finishes_false_requeues_with_backoff(nsqd) -> None:
     for body in (b"yes", b"no", b"yes"):
         nsqd.http_pub("hs", body)
     seen: list[tuple[bytes, int]] = []
@@ -48,7 +48,7 @@ async def test_true_finishes_false_requeues_with_backoff(nsqd) -> None:  # type:
     await reader.close()
 
 
-async def test_exception_requeues_and_none_finishes(nsqd, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_exception_requeues_and_none_finishes(nsqd, caplog) -> None:
     nsqd.http_pub("ex", b"boom")
     nsqd.http_pub("ex", b"none")
     attempts: dict[bytes, int] = {}
@@ -69,7 +69,7 @@ async def test_exception_requeues_and_none_finishes(nsqd, caplog) -> None:  # ty
     await reader.close()
 
 
-async def test_max_tries_calls_giving_up_then_finishes(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_max_tries_calls_giving_up_then_finishes(nsqd) -> None:
     nsqd.http_pub("mt", b"poison")
     given_up: list[nsq.Message] = []
 
@@ -87,7 +87,7 @@ async def test_max_tries_calls_giving_up_then_finishes(nsqd) -> None:  # type: i
     await reader.close()
 
 
-async def test_enable_async_messages_are_settled_later(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_enable_async_messages_are_settled_later(nsqd) -> None:
     for i in range(4):
         nsqd.http_pub("as", b"%d" % i)
     held: list[nsq.Message] = []
@@ -111,7 +111,7 @@ async def test_enable_async_messages_are_settled_later(nsqd) -> None:  # type: i
     await reader.close()
 
 
-async def test_coroutine_handler_result_decides(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_coroutine_handler_result_decides(nsqd) -> None:
     nsqd.http_pub("co", b"ok")
     nsqd.http_pub("co", b"retry")
     seen: list[tuple[bytes, int]] = []
@@ -129,7 +129,7 @@ async def test_coroutine_handler_result_decides(nsqd) -> None:  # type: ignore[n
     await reader.close()
 
 
-async def test_hooks_preprocess_validate_heartbeat(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_hooks_preprocess_validate_heartbeat(nsqd) -> None:
     nsqd.http_pub("hk", b'{"keep": true}')
     nsqd.http_pub("hk", b'{"keep": false}')
     handled: list[dict[str, bool]] = []
@@ -157,7 +157,7 @@ async def test_hooks_preprocess_validate_heartbeat(nsqd) -> None:  # type: ignor
     await reader.close()
 
 
-async def test_set_max_in_flight_and_is_starved(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_set_max_in_flight_and_is_starved(nsqd) -> None:
     held: list[nsq.Message] = []
 
     def handler(message: nsq.Message) -> None:
@@ -184,7 +184,7 @@ async def test_set_max_in_flight_and_is_starved(nsqd) -> None:  # type: ignore[n
     await reader.close()
 
 
-async def test_writer_callbacks_get_ok_or_the_error(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_writer_callbacks_get_ok_or_the_error(nsqd) -> None:
     writer = nsq.Writer([nsqd.tcp_address])
     got: list[Any] = []
     await writer.pub("wc", b"a", callback=lambda conn, data: got.append(data))
@@ -197,7 +197,7 @@ async def test_writer_callbacks_get_ok_or_the_error(nsqd) -> None:  # type: igno
     await writer.close()
 
 
-async def test_async_conn_events(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_async_conn_events(nsqd) -> None:
     conn = nsq.AsyncConn("127.0.0.1", nsqd.tcp_port, heartbeat_interval=1)
     events: list[str] = []
     messages: list[nsq.Message] = []
@@ -247,7 +247,7 @@ def test_backoff_timer_math() -> None:
     assert PynsqBackoff(128).interval(2) == pytest.approx(7.168)
 
 
-def test_protocol_helpers_and_sync_conn(nsqd) -> None:  # type: ignore[no-untyped-def]
+def test_protocol_helpers_and_sync_conn(nsqd) -> None:
     conn = nsq.SyncConn(timeout=5)
     conn.connect("127.0.0.1", nsqd.tcp_port)
     conn.send(nsq.identify({"feature_negotiation": True}))
@@ -271,7 +271,7 @@ def test_protocol_helpers_and_sync_conn(nsqd) -> None:  # type: ignore[no-untype
         nsq.pub("t", b"")  # pynsq built a malformed command here
 
 
-async def test_legacy_reader_positional_and_deprecated(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_legacy_reader_positional_and_deprecated(nsqd) -> None:
     with pytest.warns(DeprecationWarning, match="LegacyReader"):
         legacy = nsq.LegacyReader(
             {"a": lambda m: True, "b": lambda m: True}, "lg", "ch", nsqd.tcp_address

@@ -28,7 +28,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "pynsq"
 
 
 @pytest.fixture
-def daemons(nsqlookupd, nsqd_factory) -> tuple[NsqlookupdProcess, NsqdProcess]:  # type: ignore[no-untyped-def]
+def daemons(nsqlookupd, nsqd_factory) -> tuple[NsqlookupdProcess, NsqdProcess]:
     nsqd = nsqd_factory(lookupd_tcp_addresses=[nsqlookupd.tcp_address])
     return nsqlookupd, nsqd
 
@@ -86,7 +86,7 @@ def channel(nsqd: NsqdProcess, topic: str, name: str) -> dict[str, Any]:
     for t in nsqd.stats(topic=topic)["topics"] or []:
         for c in t["channels"]:
             if c["channel_name"] == name:
-                return c  # type: ignore[no-any-return]
+                return c
     return {}
 
 
@@ -94,7 +94,7 @@ def ports(lookupd: NsqlookupdProcess, nsqd: NsqdProcess) -> dict[str, str]:
     return {"127.0.0.1:4161": lookupd.http_address, "127.0.0.1:4150": nsqd.tcp_address}
 
 
-def test_synchronous_handler(daemons, run_example) -> None:  # type: ignore[no-untyped-def]
+def test_synchronous_handler(daemons, run_example) -> None:
     lookupd, nsqd = daemons
     for i in range(5):
         nsqd.http_pub("nsq_reader", b"hello %d" % i)
@@ -106,7 +106,7 @@ def test_synchronous_handler(daemons, run_example) -> None:  # type: ignore[no-u
     assert example.stop() == 0
 
 
-def test_async_batching_handler(daemons, run_example) -> None:  # type: ignore[no-untyped-def]
+def test_async_batching_handler(daemons, run_example) -> None:
     lookupd, nsqd = daemons
     for i in range(6):
         nsqd.http_pub("nsq_reader", b"job %d" % i)
@@ -119,7 +119,7 @@ def test_async_batching_handler(daemons, run_example) -> None:  # type: ignore[n
     assert example.stop() == 0
 
 
-def test_writer_on_a_periodic_callback(daemons, run_example) -> None:  # type: ignore[no-untyped-def]
+def test_writer_on_a_periodic_callback(daemons, run_example) -> None:
     lookupd, nsqd = daemons
     example = run_example("writer_periodic.py", {"127.0.0.1:4150": nsqd.tcp_address})
     example.wait_output(lambda out: out.count("b'OK'") >= 2)
@@ -128,7 +128,7 @@ def test_writer_on_a_periodic_callback(daemons, run_example) -> None:  # type: i
     assert example.stop() == 0
 
 
-def test_writer_in_a_tornado_web_handler(daemons, run_example) -> None:  # type: ignore[no-untyped-def]
+def test_writer_in_a_tornado_web_handler(daemons, run_example) -> None:
     lookupd, nsqd = daemons
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -141,7 +141,7 @@ def test_writer_in_a_tornado_web_handler(daemons, run_example) -> None:  # type:
     def get() -> bytes | None:
         try:
             with urllib.request.urlopen(url, timeout=2) as reply:
-                return reply.read()  # type: ignore[no-any-return]
+                return reply.read()
         except OSError:
             return None
 
@@ -152,7 +152,7 @@ def test_writer_in_a_tornado_web_handler(daemons, run_example) -> None:  # type:
     example.proc.wait(timeout=10)
 
 
-def test_legacy_reader_with_tasks(daemons, run_example) -> None:  # type: ignore[no-untyped-def]
+def test_legacy_reader_with_tasks(daemons, run_example) -> None:
     lookupd, nsqd = daemons
     nsqd.create_topic("nsq_reader")
     wait_until(lambda: lookupd.producers("nsq_reader"))
@@ -176,7 +176,7 @@ def test_legacy_reader_with_tasks(daemons, run_example) -> None:  # type: ignore
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_run_drains_in_flight_messages_on_a_signal(nsqd, tmp_path: Path, signum: int) -> None:  # type: ignore[no-untyped-def]
+def test_run_drains_in_flight_messages_on_a_signal(nsqd, tmp_path: Path, signum: int) -> None:
     for i in range(20):
         nsqd.http_pub("drain", b"%d" % i)
     script = tmp_path / "slow.py"

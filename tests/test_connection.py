@@ -92,7 +92,7 @@ def tls_files(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 @pytest.fixture
-def tls_nsqd(nsqd_factory, tls_files):  # type: ignore[no-untyped-def]
+def tls_nsqd(nsqd_factory, tls_files):
     return nsqd_factory(
         extra_args=[f"--tls-cert={tls_files['cert']}", f"--tls-key={tls_files['key']}"]
     )
@@ -105,43 +105,43 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
-async def test_plain(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_plain(nsqd) -> None:
     _producer, consumer = await round_trip(nsqd.tcp_address)
     assert consumer.identify_response is not None
     assert not consumer.identify_response.tls_v1
 
 
-async def test_snappy(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_snappy(nsqd) -> None:
     _, consumer = await round_trip(nsqd.tcp_address, snappy=True)
     assert consumer.identify_response is not None and consumer.identify_response.snappy
 
 
-async def test_deflate(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_deflate(nsqd) -> None:
     _, consumer = await round_trip(nsqd.tcp_address, deflate=True, deflate_level=3)
     response = consumer.identify_response
     assert response is not None and response.deflate and response.deflate_level == 3
 
 
-async def test_tls(tls_nsqd, client_tls) -> None:  # type: ignore[no-untyped-def]
+async def test_tls(tls_nsqd, client_tls) -> None:
     _, consumer = await round_trip(tls_nsqd.tcp_address, tls_v1=True, tls_options=client_tls)
     assert consumer.identify_response is not None and consumer.identify_response.tls_v1
 
 
-async def test_tls_snappy(tls_nsqd, client_tls) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_snappy(tls_nsqd, client_tls) -> None:
     await round_trip(tls_nsqd.tcp_address, tls_options=client_tls, snappy=True)
 
 
-async def test_tls_deflate(tls_nsqd, client_tls) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_deflate(tls_nsqd, client_tls) -> None:
     await round_trip(tls_nsqd.tcp_address, tls_options=client_tls, deflate=True)
 
 
-async def test_tls_with_pynsq_options_dict(tls_nsqd, tls_files) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_with_pynsq_options_dict(tls_nsqd, tls_files) -> None:
     await round_trip(
         tls_nsqd.tcp_address, count=20, tls_v1=True, tls_options={"ca_certs": tls_files["ca"]}
     )
 
 
-async def test_tls_required(nsqd_factory, tls_files, client_tls) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_required(nsqd_factory, tls_files, client_tls) -> None:
     nsqd = nsqd_factory(
         extra_args=[
             f"--tls-cert={tls_files['cert']}",
@@ -152,19 +152,20 @@ async def test_tls_required(nsqd_factory, tls_files, client_tls) -> None:  # typ
     await round_trip(nsqd.tcp_address, count=50, tls_v1=True, tls_options=client_tls)
     # without TLS, nsqd refuses every command after IDENTIFY
     plain = await connect(nsqd.tcp_address)
-    with pytest.raises(errors.InvalidError, match="TLS"):
+    with pytest.raises(errors.NegotiationError, match="requires TLS") as caught:
         await plain.pub("rt", b"x")
+    assert isinstance(caught.value.__cause__, errors.InvalidError)  # nsqd's own words
     assert plain.closed
 
 
-async def test_tls_verifies_the_certificate_by_default(tls_nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_verifies_the_certificate_by_default(tls_nsqd) -> None:
     conn = Connection(tls_nsqd.tcp_address, tls_v1=True)  # the system CAs do not know our CA
     with pytest.raises(NegotiationError, match="certificate verify failed"):
         await conn.connect()
     assert conn.closed
 
 
-async def test_tls_verifies_the_hostname(nsqd_factory, ca, client_tls, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_verifies_the_hostname(nsqd_factory, ca, client_tls, tmp_path) -> None:
     cert = ca.issue_cert("nsqd.example")  # a trusted CA, but not a certificate for 127.0.0.1
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "other.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "other.key"))
@@ -177,7 +178,7 @@ async def test_tls_verifies_the_hostname(nsqd_factory, ca, client_tls, tmp_path)
     assert conn.closed
 
 
-async def test_tls_asked_but_not_granted_fails_closed(nsqd, client_tls) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_asked_but_not_granted_fails_closed(nsqd, client_tls) -> None:
     conn = Connection(nsqd.tcp_address, tls_v1=True, tls_options=client_tls)
     with pytest.raises(NegotiationError, match="did not grant it"):
         await conn.connect()
@@ -232,7 +233,7 @@ async def auth_server() -> AsyncIterator[AuthServer]:
 
 
 @pytest.fixture
-def auth_nsqd(nsqd_factory, auth_server: AuthServer):  # type: ignore[no-untyped-def]
+def auth_nsqd(nsqd_factory, auth_server: AuthServer):
     auth_server.secrets["good"] = [
         {"topic": "rt", "channels": [".*"], "permissions": ["subscribe", "publish"]}
     ]
@@ -242,7 +243,7 @@ def auth_nsqd(nsqd_factory, auth_server: AuthServer):  # type: ignore[no-untyped
     return nsqd_factory(extra_args=[f"--auth-http-address={auth_server.address}"])
 
 
-async def test_auth_good_secret(auth_nsqd, auth_server: AuthServer, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_auth_good_secret(auth_nsqd, auth_server: AuthServer, caplog) -> None:
     caplog.set_level(logging.DEBUG, logger="rxnsq")
     _producer, consumer = await round_trip(auth_nsqd.tcp_address, count=50, auth_secret="good")
     assert consumer.auth_response is not None
@@ -254,7 +255,7 @@ async def test_auth_good_secret(auth_nsqd, auth_server: AuthServer, caplog) -> N
     assert "'good'" not in caplog.text and "secret=good" not in caplog.text
 
 
-async def test_auth_wrong_secret(auth_nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_auth_wrong_secret(auth_nsqd) -> None:
     conn = Connection(auth_nsqd.tcp_address, auth_secret="wrong")
     with pytest.raises(errors.AuthError) as info:
         await conn.connect()
@@ -263,13 +264,13 @@ async def test_auth_wrong_secret(auth_nsqd) -> None:  # type: ignore[no-untyped-
     assert conn.closed
 
 
-async def test_auth_secret_missing(auth_nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_auth_secret_missing(auth_nsqd) -> None:
     conn = Connection(auth_nsqd.tcp_address)
     with pytest.raises(errors.AuthError, match="requires authorization"):
         await conn.connect()
 
 
-async def test_auth_without_rights_to_the_topic(auth_nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_auth_without_rights_to_the_topic(auth_nsqd) -> None:
     producer = await connect(auth_nsqd.tcp_address, auth_secret="other-topic")
     with pytest.raises(errors.AuthError) as info:
         await producer.pub("rt", b"x")
@@ -282,7 +283,7 @@ async def test_auth_without_rights_to_the_topic(auth_nsqd) -> None:  # type: ign
 # --- heartbeats, sample rate, message timeout ------------------------------------------------
 
 
-async def test_idle_connection_survives_heartbeats(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_idle_connection_survives_heartbeats(nsqd) -> None:
     conn = await connect(nsqd.tcp_address, heartbeat_interval=1.0)
     beats: list[float] = []
     conn.heartbeats.subscribe(beats.append)
@@ -293,10 +294,10 @@ async def test_idle_connection_survives_heartbeats(nsqd) -> None:  # type: ignor
     await conn.close()
 
 
-async def test_stalled_nsqd_is_detected_by_missed_heartbeats(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_stalled_nsqd_is_detected_by_missed_heartbeats(nsqd) -> None:
     conn = await connect(nsqd.tcp_address, heartbeat_interval=1.0)
     closed = asyncio.get_running_loop().create_future()
-    conn.events.subscribe(lambda e: e.name == "close" and closed.set_result(e.data))
+    conn.events.subscribe(lambda e: e.kind == "closed" and closed.set_result(e.data))
     os.kill(nsqd.pid, signal.SIGSTOP)  # the real nsqd stops answering; the socket stays open
     try:
         error = await asyncio.wait_for(closed, 6)
@@ -307,7 +308,7 @@ async def test_stalled_nsqd_is_detected_by_missed_heartbeats(nsqd) -> None:  # t
         os.kill(nsqd.pid, signal.SIGCONT)
 
 
-async def test_msg_timeout_redelivers_unsettled(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_msg_timeout_redelivers_unsettled(nsqd) -> None:
     producer = await connect(nsqd.tcp_address)
     consumer = await connect(nsqd.tcp_address, msg_timeout=1.0)
     assert consumer.identify_response is not None
@@ -334,7 +335,7 @@ async def test_msg_timeout_redelivers_unsettled(nsqd) -> None:  # type: ignore[n
     await producer.close()
 
 
-async def test_sample_rate(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_sample_rate(nsqd) -> None:
     producer = await connect(nsqd.tcp_address)
     consumer = await connect(nsqd.tcp_address, sample_rate=30)
     assert consumer.identify_response is not None
@@ -364,7 +365,7 @@ async def test_sample_rate(nsqd) -> None:  # type: ignore[no-untyped-def]
 # --- wrong addresses and faults --------------------------------------------------------------
 
 
-async def test_http_port_gives_the_tcp_port_error(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_http_port_gives_the_tcp_port_error(nsqd) -> None:
     conn = Connection(nsqd.http_address)
     with pytest.raises(errors.WrongPortError, match="TCP port"):
         await conn.connect()
@@ -388,11 +389,11 @@ async def test_silent_peer_times_out() -> None:
         assert conn.closed
 
 
-async def test_killed_nsqd_closes_and_fails_pending(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_killed_nsqd_closes_and_fails_pending(nsqd) -> None:
     conn = await connect(nsqd.tcp_address)
     events: list[str] = []
     states: list[ConnectionState] = []
-    conn.events.subscribe(lambda e: events.append(e.name))
+    conn.events.subscribe(lambda e: events.append(e.kind))
     conn.states.subscribe(states.append)
     await conn.pub("k", b"x")
     pending = [conn.pub("k", b"y" * 100_000) for _ in range(200)]
@@ -404,12 +405,12 @@ async def test_killed_nsqd_closes_and_fails_pending(nsqd) -> None:  # type: igno
     assert all(r == b"OK" for r in results if not isinstance(r, Exception))
     await asyncio.sleep(0)
     assert conn.closed and states[-1] is ConnectionState.CLOSED
-    assert events[-1] == "close"
+    assert events[-1] == "closed"
     with pytest.raises(errors.ConnectionClosedError):
         conn.pub("k", b"z")
 
 
-async def test_fatal_error_fails_the_command_and_the_rest(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_fatal_error_fails_the_command_and_the_rest(nsqd) -> None:
     conn = await connect(nsqd.tcp_address)
     errors_seen: list[errors.ProtocolError] = []
     conn.errors.subscribe(errors_seen.append)
@@ -424,7 +425,7 @@ async def test_fatal_error_fails_the_command_and_the_rest(nsqd) -> None:  # type
     assert conn.closed
 
 
-async def test_non_fatal_error_keeps_the_connection(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_non_fatal_error_keeps_the_connection(nsqd) -> None:
     conn = await connect(nsqd.tcp_address)
     seen: list[errors.ProtocolError] = []
     conn.errors.subscribe(seen.append)
@@ -439,12 +440,12 @@ async def test_non_fatal_error_keeps_the_connection(nsqd) -> None:  # type: igno
 # --- observables, coalescing, close, options --------------------------------------------------
 
 
-async def test_states_and_events(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_states_and_events(nsqd) -> None:
     conn = Connection(nsqd.tcp_address)
     states: list[ConnectionState] = []
     events: list[str] = []
     conn.states.subscribe(states.append)
-    conn.events.subscribe(lambda e: events.append(e.name))
+    conn.events.subscribe(lambda e: events.append(e.kind))
     await conn.connect()
     got: list[Message] = []
     conn.messages.subscribe(got.append)
@@ -463,13 +464,13 @@ async def test_states_and_events(nsqd) -> None:  # type: ignore[no-untyped-def]
         ConnectionState.CLOSING,
         ConnectionState.CLOSED,
     ]
-    for name in ("connect", "identify", "identify_response", "ready", "response", "message"):
-        assert name in events
-    assert events.index("resume") > events.index("message")
-    assert events[-1] == "close"
+    assert events[:4] == ["connected", "identifying", "identified", "ready"]
+    assert "response" in events
+    assert events.index("finished") > events.index("message")
+    assert events[-1] == "closed"
 
 
-async def test_writes_are_coalesced_per_loop_turn(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_writes_are_coalesced_per_loop_turn(nsqd) -> None:
     conn = await connect(nsqd.tcp_address, snappy=True)
     writes: list[bytes] = []
     stream = conn._stream
@@ -480,7 +481,7 @@ async def test_writes_are_coalesced_per_loop_turn(nsqd) -> None:  # type: ignore
         writes.append(data)
         return original(data)
 
-    stream.write = counting_write  # type: ignore[method-assign]
+    stream.write = counting_write
     futures = [conn.pub("co", b"%d" % i) for i in range(100)]
     conn.send(b"NOP\n")
     assert writes == []  # nothing is written inside the calls
@@ -489,7 +490,7 @@ async def test_writes_are_coalesced_per_loop_turn(nsqd) -> None:  # type: ignore
     await conn.close()
 
 
-async def test_close_lets_in_flight_messages_settle(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_close_lets_in_flight_messages_settle(nsqd) -> None:
     producer = await connect(nsqd.tcp_address)
     await producer.mpub("cl", [b"a", b"b", b"c"])
     consumer = await connect(nsqd.tcp_address)
@@ -514,7 +515,7 @@ async def test_close_lets_in_flight_messages_settle(nsqd) -> None:  # type: igno
     await producer.close()
 
 
-async def test_settling_twice_sends_once(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_settling_twice_sends_once(nsqd) -> None:
     producer = await connect(nsqd.tcp_address)
     await producer.pub("tw", b"a")
     consumer = await connect(nsqd.tcp_address)
@@ -563,7 +564,7 @@ def test_identify_fields_are_integers() -> None:
     assert all(not isinstance(v, float) for v in fields.values())
 
 
-async def test_subscribing_twice_is_a_clear_error(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_subscribing_twice_is_a_clear_error(nsqd) -> None:
     conn = await connect(nsqd.tcp_address)
     await conn.subscribe("twice", "c")
     with pytest.raises(errors.NSQConnectionError, match="already subscribed"):

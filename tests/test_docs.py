@@ -56,7 +56,7 @@ def test_the_docs_have_code_blocks() -> None:
 
 
 @pytest.mark.parametrize(("where", "code"), BLOCKS, ids=[w for w, _ in BLOCKS])
-def test_code_block_runs(where: str, code: str, nsqlookupd, nsqd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_code_block_runs(where: str, code: str, nsqlookupd, nsqd_factory, tmp_path: Path) -> None:
     nsqd = nsqd_factory(lookupd_tcp_addresses=[nsqlookupd.tcp_address])
     original = code
     code = code.replace("127.0.0.1:4150", nsqd.tcp_address).replace(

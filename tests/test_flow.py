@@ -63,7 +63,7 @@ class Wire:
     def __init__(self) -> None:
         self.log: list[str] = []
 
-    def send_rdy(self, peer: FakePeer, count: int) -> None:  # type: ignore[override]
+    def send_rdy(self, peer: FakePeer, count: int) -> None:
         self.log.append(f"{peer.name}: RDY {count}")
 
     def settle(self, flow: FlowController, peer: FakePeer, cmd: str, backoff: bool | None) -> None:
@@ -75,11 +75,11 @@ class Wire:
         return out
 
 
-def make(max_in_flight: int, **kwargs) -> tuple[FlowController, FakeLoop, Wire, list[BackoffState]]:  # type: ignore[no-untyped-def]
+def make(max_in_flight: int, **kwargs) -> tuple[FlowController, FakeLoop, Wire, list[BackoffState]]:
     loop, wire, states = FakeLoop(), Wire(), []
     flow = FlowController(
         max_in_flight,
-        send_rdy=wire.send_rdy,  # type: ignore[arg-type]
+        send_rdy=wire.send_rdy,
         call_later=loop.call_later,
         clock=lambda: loop.now,
         on_backoff=states.append,
@@ -149,6 +149,7 @@ def test_backoff_is_consumer_wide_and_tests_one_connection() -> None:
     peers = [FakePeer(n) for n in "abc"]
     for p in peers:
         flow.add(p)
+    loop.advance(flow.room_delay)  # raises wait until nsqd surely read the lowered RDY
     wire.take()
     wire.settle(flow, peers[0], "REQ x", True)
     log = wire.take()
@@ -191,13 +192,37 @@ def test_joining_lowers_others_before_raising_the_new_one() -> None:
     a, b, c = FakePeer("a"), FakePeer("b"), FakePeer("c")
     flow.add(a)
     flow.add(b)
+    # nsqd may still act on "a: RDY 100" until it reads "a: RDY 50": b waits room_delay
+    assert wire.take() == ["a: RDY 100", "a: RDY 50"]
+    loop.advance(flow.room_delay)
+    assert wire.take() == ["b: RDY 50"]
     flow.add(c)
-    assert wire.take() == [
-        "a: RDY 100",
-        "a: RDY 50", "b: RDY 50",
-        "a: RDY 33", "b: RDY 33", "c: RDY 33",
-    ]  # fmt: skip
+    assert wire.take() == ["a: RDY 33", "b: RDY 33"]
+    loop.advance(flow.room_delay)
+    assert wire.take() == ["c: RDY 33"]
     assert flow.total_rdy == 99
+
+
+def test_held_messages_keep_their_room_until_they_settle() -> None:
+    """Lowering RDY does not take back what a connection holds: the raise of another one
+    waits until the held messages settle, so the sum unsettled never exceeds the bound."""
+    flow, loop, wire, _ = make(10)
+    a, b = FakePeer("a"), FakePeer("b")
+    flow.add(a)
+    a.in_flight = 10  # a slow stage holds all ten
+    flow.add(b)
+    loop.advance(1.0)
+    assert wire.take() == ["a: RDY 10", "a: RDY 5"]  # b gets nothing while a holds ten
+    for held in range(9, 4, -1):
+        a.in_flight = held
+        wire.settle(flow, a, "FIN", None)
+        loop.advance(flow.room_delay)
+        assert flow.held <= 10
+    assert flow.rdy(b) == 5 and a.in_flight + flow.rdy(b) == 10
+    assert wire.take() == [
+        "a: FIN", "b: RDY 1", "a: FIN", "b: RDY 2", "a: FIN", "b: RDY 3",
+        "a: FIN", "b: RDY 4", "a: FIN", "b: RDY 5",
+    ]  # fmt: skip
 
 
 def test_a_raise_never_takes_the_sum_above_max_in_flight() -> None:
@@ -206,7 +231,7 @@ def test_a_raise_never_takes_the_sum_above_max_in_flight() -> None:
     loop = FakeLoop()
     flow: FlowController
 
-    def send(peer: FakePeer, n: int) -> None:  # type: ignore[override]
+    def send(peer: FakePeer, n: int) -> None:
         before = rdy.get(peer.name, 0)
         rdy[peer.name] = n
         if n > before:
@@ -216,7 +241,7 @@ def test_a_raise_never_takes_the_sum_above_max_in_flight() -> None:
         10,
         send_rdy=send,
         call_later=loop.call_later,
-        clock=lambda: loop.now,  # type: ignore[arg-type]
+        clock=lambda: loop.now,
     )
     peers = [FakePeer(str(i)) for i in range(7)]
     for p in peers:
@@ -228,6 +253,7 @@ def test_a_raise_never_takes_the_sum_above_max_in_flight() -> None:
     flow.set_max_in_flight(40)
     for p in peers[:3]:
         flow.add(p)
+    loop.advance(1.0)
     assert raises and all(total <= limit for total, limit in raises)
     assert flow.total_rdy == sum(rdy.values()) == 35  # 7 connections x 40 // 7
 
@@ -244,6 +270,7 @@ def test_fewer_slots_than_connections_redistributes() -> None:
     peers = [FakePeer(n) for n in "abcde"]
     for p in peers:
         flow.add(p)
+    loop.advance(flow.room_delay)
     assert flow.total_rdy == 2
     holders = {p.name for p in peers if flow.rdy(p) == 1}
     assert len(holders) == 2
@@ -289,6 +316,7 @@ def test_leaving_returns_rdy_and_moves_the_test_rdy() -> None:
     a, b = FakePeer("a"), FakePeer("b")
     flow.add(a)
     flow.add(b)
+    loop.advance(flow.room_delay)
     assert flow.total_rdy == 4
     flow.remove(a)
     assert flow.rdy(b) == 4 and flow.total_rdy == 4
@@ -346,3 +374,42 @@ def test_a_cap_below_the_first_step_still_backs_off_clamped() -> None:
     assert states[-1].level == 1 and states[-1].interval == 0.5
     loop.advance(0.5)
     assert wire.take()[-1] == "a: RDY 1"
+
+
+# --- reconnect waits and vanished producers (the same plain-logic style) -------------------
+
+
+def test_reconnect_waits_double_up_to_the_cap_and_reset() -> None:
+    from rxnsq.reconnect import ReconnectDelays
+
+    delays = ReconnectDelays(1.0, 5.0, jitter=0.0)
+    assert [delays.next("a") for _ in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert delays.next("b") == 1.0  # each address on its own
+    delays.reset("a")
+    assert delays.next("a") == 1.0
+    jittered = ReconnectDelays(1.0, 1.0, rng=random.Random(3))
+    waits = [jittered.next("a") for _ in range(50)]
+    assert all(0.8 <= w <= 1.2 for w in waits) and len(set(waits)) > 40
+    with pytest.raises(ValueError):
+        ReconnectDelays(2.0, 1.0)
+
+
+def test_a_producer_is_dropped_only_when_every_lookupd_missed_it_for_the_grace() -> None:
+    from rxnsq.producers import VanishedProducers
+
+    loop = FakeLoop()
+    tracker = VanishedProducers(lookupds=2, grace=10.0, clock=lambda: loop.now)
+    connected = {"a:1", "b:1"}
+    assert tracker.answer({"a:1", "b:1"}, connected) == []  # only one lookupd answered yet
+    assert tracker.answer({"a:1"}, connected) == []  # the other lookupd still lists b
+    assert tracker.answer({"a:1"}, connected) == []  # now both missed b: the grace starts
+    loop.advance(9.0)
+    assert tracker.answer({"a:1"}, connected) == []
+    loop.advance(1.0)
+    assert tracker.answer({"a:1"}, connected) == ["b:1"]
+    # listed again before the grace ran out: forgiven
+    assert tracker.answer({"a:1"}, {"a:1", "c:1"}) == []
+    loop.advance(5.0)
+    assert tracker.answer({"a:1", "c:1"}, {"a:1", "c:1"}) == []
+    loop.advance(20.0)
+    assert tracker.answer({"a:1", "c:1"}, {"a:1", "c:1"}) == []

@@ -139,7 +139,7 @@ async def test_bad_input_fails_locally_without_a_request() -> None:
     with pytest.raises(errors.InvalidBodyError, match="empty"):
         await client.pub("t", b"")
     with pytest.raises(errors.InvalidBodyError, match="bytes"):
-        await client.pub("t", 42)  # type: ignore[arg-type]
+        await client.pub("t", 42)
     with pytest.raises(errors.InvalidBodyError, match="at least one"):
         await client.mpub("t", [])
     with pytest.raises(errors.InvalidBodyError, match="empty"):
@@ -216,9 +216,9 @@ async def test_topic_and_channel_admin_shows_in_stats(nsqd: NsqdProcess) -> None
         assert topic is not None and [c["channel_name"] for c in topic["channels"]] == ["c"]
 
         await client.pause_topic("admin")
-        assert topic_stats()["paused"] is True  # type: ignore[index]
+        assert topic_stats()["paused"] is True
         await client.unpause_topic("admin")
-        assert topic_stats()["paused"] is False  # type: ignore[index]
+        assert topic_stats()["paused"] is False
         await client.pause_channel("admin", "c")
         assert channel_stats(nsqd, "admin", "c")["paused"] is True
         await client.unpause_channel("admin", "c")
@@ -232,12 +232,12 @@ async def test_topic_and_channel_admin_shows_in_stats(nsqd: NsqdProcess) -> None
         # a paused topic keeps messages in the topic; empty_topic drops them
         await client.pause_topic("admin")
         await client.pub("admin", b"held")
-        assert topic_stats()["depth"] == 1  # type: ignore[index]
+        assert topic_stats()["depth"] == 1
         await client.empty_topic("admin")
-        assert topic_stats()["depth"] == 0  # type: ignore[index]
+        assert topic_stats()["depth"] == 0
 
         await client.delete_channel("admin", "c")
-        assert topic_stats()["channels"] == []  # type: ignore[index]
+        assert topic_stats()["channels"] == []
         with pytest.raises(errors.HTTPAPIError) as info:
             await client.delete_channel("admin", "c")
         assert (info.value.status, info.value.message) == (404, "CHANNEL_NOT_FOUND")

@@ -73,12 +73,12 @@ def test_identify_is_compact_json_and_refuses_floats() -> None:
         lambda: protocol.encode_mpub("t", [b"a", b""]),
         lambda: protocol.encode_pub("t", b"x" * 11, max_size=10),
         lambda: protocol.encode_mpub("t", [b"x" * 8, b"y" * 8], max_body_size=20),
-        lambda: protocol.encode_pub("t", "text"),  # type: ignore[arg-type]
+        lambda: protocol.encode_pub("t", "text"),
         lambda: protocol.encode_dpub("t", -1, b"x"),
         lambda: protocol.encode_auth(""),
     ],
 )
-def test_bad_bodies_are_refused_before_sending(call) -> None:  # type: ignore[no-untyped-def]
+def test_bad_bodies_are_refused_before_sending(call) -> None:
     with pytest.raises(errors.InvalidBodyError):
         call()
 
@@ -87,14 +87,14 @@ def test_bad_bodies_are_refused_before_sending(call) -> None:  # type: ignore[no
     "call",
     [
         lambda: protocol.encode_rdy(-1),
-        lambda: protocol.encode_rdy(1.5),  # type: ignore[arg-type]
+        lambda: protocol.encode_rdy(1.5),
         lambda: protocol.encode_fin(b"short"),
-        lambda: protocol.encode_fin("0123456789abcdef"),  # type: ignore[arg-type]
+        lambda: protocol.encode_fin("0123456789abcdef"),
         lambda: protocol.encode_req(MSG_ID, -5),
-        lambda: protocol.encode_req(MSG_ID, 1.5),  # type: ignore[arg-type]
+        lambda: protocol.encode_req(MSG_ID, 1.5),
     ],
 )
-def test_bad_arguments_raise_value_error(call) -> None:  # type: ignore[no-untyped-def]
+def test_bad_arguments_raise_value_error(call) -> None:
     with pytest.raises(ValueError):
         call()
 

@@ -20,7 +20,7 @@ def open_conn(address: str, **identify: object) -> tuple[SyncConnection, protoco
     return conn, conn.identify(**identify)
 
 
-def test_identify_negotiates_features(nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+def test_identify_negotiates_features(nsqd_factory) -> None:
     nsqd = nsqd_factory(extra_args=["--max-rdy-count=50", "--msg-timeout=5s"])
     conn, resp = open_conn(nsqd.tcp_address, heartbeat_interval=1000, user_agent="rxnsq-test/1")
     with conn:
@@ -31,13 +31,13 @@ def test_identify_negotiates_features(nsqd_factory) -> None:  # type: ignore[no-
         assert not resp.tls_v1 and not resp.snappy and not resp.auth_required
 
 
-def test_identify_without_negotiation_answers_ok(nsqd) -> None:  # type: ignore[no-untyped-def]
+def test_identify_without_negotiation_answers_ok(nsqd) -> None:
     conn, resp = open_conn(nsqd.tcp_address, feature_negotiation=False)
     with conn:
         assert resp == protocol.IdentifyResponse()
 
 
-def test_publish_subscribe_settle_and_close(nsqd) -> None:  # type: ignore[no-untyped-def]
+def test_publish_subscribe_settle_and_close(nsqd) -> None:
     producer, _ = open_conn(nsqd.tcp_address)
     # the deferred message waits for nsqd's queue scan (its channel list refreshes every 5 s),
     # so the others must not time out meanwhile
@@ -90,36 +90,36 @@ def raw_command(address: str, data: bytes) -> errors.ProtocolError:
         return info.value
 
 
-def test_invalid_topic_name(nsqd) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_topic_name(nsqd) -> None:
     err = raw_command(nsqd.tcp_address, b"PUB bad!topic\n" + struct.pack(">I", 1) + b"x")
     assert isinstance(err, errors.BadTopicError)
     assert err.code == "E_BAD_TOPIC" and "bad!topic" in err.text
 
 
-def test_empty_body(nsqd) -> None:  # type: ignore[no-untyped-def]
+def test_empty_body(nsqd) -> None:
     err = raw_command(nsqd.tcp_address, b"PUB t\n" + struct.pack(">I", 0))
     assert isinstance(err, errors.BadMessageError)
     assert "size 0" in err.text
 
 
-def test_empty_mpub(nsqd) -> None:  # type: ignore[no-untyped-def]
+def test_empty_mpub(nsqd) -> None:
     err = raw_command(nsqd.tcp_address, b"MPUB t\n" + struct.pack(">II", 4, 0))
     assert isinstance(err, errors.BadBodyError)
 
 
-def test_oversized_message(nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_message(nsqd_factory) -> None:
     nsqd = nsqd_factory(extra_args=["--max-msg-size=100"])
     err = raw_command(nsqd.tcp_address, protocol.encode_pub("t", b"x" * 101))
     assert isinstance(err, errors.BadMessageError)
 
 
-def test_float_in_identify_is_what_nsqd_refuses(nsqd) -> None:  # type: ignore[no-untyped-def]
+def test_float_in_identify_is_what_nsqd_refuses(nsqd) -> None:
     body = json.dumps({"heartbeat_interval": 30000.0}).encode()
     err = raw_command(nsqd.tcp_address, b"IDENTIFY\n" + struct.pack(">I", len(body)) + body)
     assert isinstance(err, errors.BadBodyError)
 
 
-def test_rdy_above_max_rdy_count(nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+def test_rdy_above_max_rdy_count(nsqd_factory) -> None:
     nsqd = nsqd_factory(extra_args=["--max-rdy-count=50"])
     conn, _ = open_conn(nsqd.tcp_address)
     with conn:
@@ -131,7 +131,7 @@ def test_rdy_above_max_rdy_count(nsqd_factory) -> None:  # type: ignore[no-untyp
             conn.read_response()
 
 
-def test_fin_of_unknown_id_is_not_fatal(nsqd) -> None:  # type: ignore[no-untyped-def]
+def test_fin_of_unknown_id_is_not_fatal(nsqd) -> None:
     producer, _ = open_conn(nsqd.tcp_address)
     consumer, _ = open_conn(nsqd.tcp_address)
     with producer, consumer:
@@ -149,12 +149,12 @@ def test_fin_of_unknown_id_is_not_fatal(nsqd) -> None:  # type: ignore[no-untype
         assert consumer.cls() == protocol.CLOSE_WAIT
 
 
-def test_cls_on_a_producer_is_fatal(nsqd) -> None:  # type: ignore[no-untyped-def]
+def test_cls_on_a_producer_is_fatal(nsqd) -> None:
     err = raw_command(nsqd.tcp_address, protocol.encode_cls())
     assert isinstance(err, errors.InvalidError)
 
 
-def test_heartbeats_are_answered_while_reading(nsqd) -> None:  # type: ignore[no-untyped-def]
+def test_heartbeats_are_answered_while_reading(nsqd) -> None:
     conn, _ = open_conn(nsqd.tcp_address, heartbeat_interval=1000)
     with conn:
         conn.sub("hb", "c")
@@ -173,7 +173,7 @@ def test_heartbeats_are_answered_while_reading(nsqd) -> None:  # type: ignore[no
         assert conn.cls() == protocol.CLOSE_WAIT
 
 
-def test_http_port_is_named(nsqd) -> None:  # type: ignore[no-untyped-def]
+def test_http_port_is_named(nsqd) -> None:
     conn = SyncConnection(timeout=5.0)
     conn.connect(nsqd.http_address)
     with conn, pytest.raises(errors.WrongPortError, match="TCP port"):

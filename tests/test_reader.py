@@ -6,29 +6,18 @@ import asyncio
 import json
 import zlib
 from collections import Counter
-from collections.abc import Sequence
 
 import pytest
 from reactivex import operators as rx_ops
 
 import rxnsq.ops as nsq
 from rxnsq import errors
-from rxnsq.connection import Connection
 from rxnsq.flow import BackoffState, ExponentialBackoff
 from rxnsq.message import Message
 from rxnsq.reader import Reader
-from rxnsq.testing import eventually
+from rxnsq.testing import eventually, publish
 
 pytestmark = pytest.mark.nsqd
-
-
-async def publish(address: str, topic: str, bodies: Sequence[bytes], chunk: int = 500) -> None:
-    conn = Connection(address)
-    await conn.connect()
-    await asyncio.gather(
-        *(conn.mpub(topic, bodies[i : i + chunk]) for i in range(0, len(bodies), chunk))
-    )
-    await conn.close()
 
 
 def bodies(n: int, prefix: str = "m") -> list[bytes]:
@@ -57,7 +46,7 @@ def test_subscribing_without_a_running_loop_says_what_to_do() -> None:
     assert failures and "running asyncio loop" in str(failures[0])
 
 
-async def test_pipeline_processes_everything_once(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_pipeline_processes_everything_once(nsqd) -> None:
     await publish(nsqd.tcp_address, "pipe", bodies(2000))
     reader = Reader("pipe", "c", nsqd_tcp_addresses=[nsqd.tcp_address], max_in_flight=200)
     seen: Counter[bytes] = Counter()
@@ -79,7 +68,7 @@ async def test_pipeline_processes_everything_once(nsqd) -> None:  # type: ignore
     assert reader.connections == {}
 
 
-async def test_messages_is_hot_and_shared(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_messages_is_hot_and_shared(nsqd) -> None:
     reader = Reader("shared", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=10)
     a: list[bytes] = []
     b: list[bytes] = []
@@ -96,7 +85,7 @@ async def test_messages_is_hot_and_shared(nsqd) -> None:  # type: ignore[no-unty
     await reader.close()
 
 
-async def test_inside_a_running_loop_with_await(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_inside_a_running_loop_with_await(nsqd) -> None:
     """As in a Jupyter cell: top-level await on a pipeline, no blocking run call."""
     await publish(nsqd.tcp_address, "nb", bodies(10))
     reader = Reader("nb", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=5)
@@ -112,7 +101,7 @@ async def test_inside_a_running_loop_with_await(nsqd) -> None:  # type: ignore[n
     assert stats["depth"] == 7
 
 
-async def test_peek_consumes_nothing(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_peek_consumes_nothing(nsqd) -> None:
     await publish(nsqd.tcp_address, "peek", bodies(5))
     reader = Reader("peek", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=5)
     got = await reader.messages.pipe(nsq.peek(2), rx_ops.to_list())
@@ -124,7 +113,7 @@ async def test_peek_consumes_nothing(nsqd) -> None:  # type: ignore[no-untyped-d
     assert stats["depth"] == 5
 
 
-async def test_slow_async_stage_never_exceeds_max_in_flight(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_slow_async_stage_never_exceeds_max_in_flight(nsqd) -> None:
     await publish(nsqd.tcp_address, "slow", bodies(300))
     reader = Reader("slow", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=20)
     done: list[int] = []
@@ -153,7 +142,7 @@ async def test_slow_async_stage_never_exceeds_max_in_flight(nsqd) -> None:  # ty
     assert 0 < peak["nsqd"] <= 20
 
 
-async def test_batches_with_failures_are_retried_and_backoff_shows_on_the_wire(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_batches_with_failures_are_retried_and_backoff_shows_on_the_wire(nsqd) -> None:
     n = 1000
     await publish(nsqd.tcp_address, "win", [json.dumps({"n": i}).encode() for i in range(n)])
     reader = Reader(
@@ -205,7 +194,7 @@ async def test_batches_with_failures_are_retried_and_backoff_shows_on_the_wire(n
     assert max(s.level for s in states) >= 1 and states[-1].level == 0
 
 
-async def test_pause_and_resume(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_pause_and_resume(nsqd) -> None:
     reader = Reader("pause", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=10)
     got: list[bytes] = []
     reader.messages.pipe(nsq.settle()).subscribe(lambda m: got.append(m.body))
@@ -221,7 +210,7 @@ async def test_pause_and_resume(nsqd) -> None:  # type: ignore[no-untyped-def]
     await reader.close()
 
 
-async def test_close_leaves_nothing_behind(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_close_leaves_nothing_behind(nsqd) -> None:
     await publish(nsqd.tcp_address, "cl", bodies(50))
     reader = Reader("cl", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=10)
     held: list[Message[bytes]] = []
@@ -243,7 +232,7 @@ async def test_close_leaves_nothing_behind(nsqd) -> None:  # type: ignore[no-unt
     assert stats["depth"] == 50
 
 
-async def test_max_tries_gives_up_then_finishes(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_max_tries_gives_up_then_finishes(nsqd) -> None:
     await publish(nsqd.tcp_address, "poison", [b"bad"])
     given: list[Message[bytes]] = []
     reader = Reader(
@@ -272,7 +261,7 @@ async def test_max_tries_gives_up_then_finishes(nsqd) -> None:  # type: ignore[n
     await reader.close()
 
 
-async def test_async_giving_up_hook_runs_before_fin(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_async_giving_up_hook_runs_before_fin(nsqd) -> None:
     await publish(nsqd.tcp_address, "dlq", [b"x"])
     order: list[str] = []
 
@@ -290,7 +279,7 @@ async def test_async_giving_up_hook_runs_before_fin(nsqd) -> None:  # type: igno
     await reader.close()
 
 
-async def test_decode_and_where_settle_what_they_drop(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_decode_and_where_settle_what_they_drop(nsqd) -> None:
     payloads = [b'{"ok": true}', b"not json", b'{"ok": false}', b'{"ok": true}']
     await publish(nsqd.tcp_address, "dw", payloads)
     reader = Reader("dw", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=10)
@@ -314,7 +303,7 @@ async def test_decode_and_where_settle_what_they_drop(nsqd) -> None:  # type: ig
     await reader.close()
 
 
-async def test_batch_refuses_a_count_above_max_in_flight(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_batch_refuses_a_count_above_max_in_flight(nsqd) -> None:
     await publish(nsqd.tcp_address, "big", bodies(5))
     reader = Reader("big", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=10)
     failures: list[Exception] = []
@@ -324,7 +313,7 @@ async def test_batch_refuses_a_count_above_max_in_flight(nsqd) -> None:  # type:
     await reader.close()
 
 
-async def test_batch_touches_what_it_holds(nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_batch_touches_what_it_holds(nsqd_factory) -> None:
     nsqd = nsqd_factory(extra_args=["--msg-timeout=2s"])
     await publish(nsqd.tcp_address, "hold", bodies(3))
     reader = Reader("hold", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=10)
@@ -340,7 +329,7 @@ async def test_batch_touches_what_it_holds(nsqd_factory) -> None:  # type: ignor
     await reader.close()
 
 
-async def test_iter_pulls_with_a_bounded_queue(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_iter_pulls_with_a_bounded_queue(nsqd) -> None:
     await publish(nsqd.tcp_address, "pull", bodies(40))
     reader = Reader("pull", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=100)
     got: list[bytes] = []
@@ -359,7 +348,7 @@ async def test_iter_pulls_with_a_bounded_queue(nsqd) -> None:  # type: ignore[no
     assert stats["depth"] == 15
 
 
-async def test_direct_nsqd_reconnects_after_a_restart(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_direct_nsqd_reconnects_after_a_restart(nsqd) -> None:
     reader = Reader("rc", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=10,
                     reconnect_interval=0.1)  # fmt: skip
     got: set[bytes] = set()
@@ -376,7 +365,7 @@ async def test_direct_nsqd_reconnects_after_a_restart(nsqd) -> None:  # type: ig
     await reader.close()
 
 
-async def test_default_requeue_delay_grows_with_attempts_and_is_capped(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_default_requeue_delay_grows_with_attempts_and_is_capped(nsqd) -> None:
     reader = Reader("rq", "c", nsqd_tcp_addresses=nsqd.tcp_address,
                     default_requeue_delay=10, max_requeue_delay=25)  # fmt: skip
     assert [reader._requeue_delay(a) for a in (1, 2, 3, 9)] == [10, 20, 25, 25]
@@ -390,7 +379,7 @@ async def test_default_requeue_delay_grows_with_attempts_and_is_capped(nsqd) -> 
     await reader.close()
 
 
-async def test_checksum_over_many_messages(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_checksum_over_many_messages(nsqd) -> None:
     payloads = [f"{i}:{'x' * (i % 97)}".encode() for i in range(5000)]
     await publish(nsqd.tcp_address, "sum", payloads)
     reader = Reader("sum", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=500,

@@ -16,7 +16,7 @@ from rxnsq.writer import Writer
 pytestmark = pytest.mark.nsqd
 
 
-async def test_three_nsqd_then_a_fourth_all_drained_exactly(nsq_cluster) -> None:  # type: ignore[no-untyped-def]
+async def test_three_nsqd_then_a_fourth_all_drained_exactly(nsq_cluster) -> None:
     n_per = 10_000
     for index, nsqd in enumerate(nsq_cluster.nsqds):
         writer = Writer(nsqd.tcp_address)
@@ -55,7 +55,7 @@ async def test_three_nsqd_then_a_fourth_all_drained_exactly(nsq_cluster) -> None
         assert channel["requeue_count"] == 0
 
 
-async def test_lookupd_without_the_topic_keeps_polling(nsq_cluster) -> None:  # type: ignore[no-untyped-def]
+async def test_lookupd_without_the_topic_keeps_polling(nsq_cluster) -> None:
     reader = Reader("later", "c", lookupd_http_addresses=nsq_cluster.lookupd_http_urls,
                     lookupd_poll_interval=0.3, lookupd_poll_jitter=0)  # fmt: skip
     got: list[bytes] = []
@@ -69,7 +69,7 @@ async def test_lookupd_without_the_topic_keeps_polling(nsq_cluster) -> None:  # 
     await reader.close()
 
 
-async def test_a_producer_that_vanishes_from_lookupd_is_dropped(nsq_cluster) -> None:  # type: ignore[no-untyped-def]
+async def test_a_producer_that_vanishes_from_lookupd_is_dropped(nsq_cluster) -> None:
     for nsqd in nsq_cluster.nsqds:
         nsqd.create_topic("gone")
     reader = Reader("gone", "c", lookupd_http_addresses=nsq_cluster.lookupd_http_urls,

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from test_connection import AuthServer  # the in-test server that speaks nsqd's auth protocol
 
 from rxnsq import errors
 from rxnsq.connection import NegotiationError
 from rxnsq.reader import Reader
 from rxnsq.testing import eventually
 from rxnsq.writer import PublishAck, Writer
+from tests.test_connection import AuthServer  # speaks nsqd's auth protocol
 
 pytestmark = pytest.mark.nsqd
 

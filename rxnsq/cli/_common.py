@@ -41,6 +41,7 @@ __all__ = [
     "parse_duration",
     "positive_int",
     "producer_options",
+    "resolver",
     "run_tool",
     "setup_logging",
 ]
@@ -512,3 +513,17 @@ def run_tool(
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
     return interrupted if result is None else result
+
+
+def resolver(done: asyncio.Future[None]) -> tuple[Callable[[Exception], None], Callable[[], None]]:
+    """``on_error`` and ``on_completed`` for a subscription that resolve ``done`` once."""
+
+    def on_error(error: Exception) -> None:
+        if not done.done():
+            done.set_exception(error)
+
+    def on_completed() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    return on_error, on_completed

@@ -22,7 +22,7 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import BinaryIO
 
 from ..writer import Writer
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def read_chunks(stream: BinaryIO, sep: bytes) -> AsyncIterator[bytes]:
+async def read_chunks(stream: BinaryIO, sep: bytes) -> AsyncGenerator[bytes, None]:
     """The non-empty chunks of ``stream`` between ``sep``, read in a daemon thread (a pipe,
     a terminal and a regular file alike) with a small hand-off queue as backpressure."""
     loop = asyncio.get_running_loop()

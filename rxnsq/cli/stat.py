@@ -261,13 +261,16 @@ class Poller:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.timeouts = {
-            "connect_timeout": args.http_client_connect_timeout or 0.001,
-            "request_timeout": args.http_client_request_timeout or 0.001,
-        }
+        self.connect_timeout: float = args.http_client_connect_timeout or 0.001
+        self.request_timeout: float = args.http_client_request_timeout or 0.001
         self.nsqd_clients: dict[str, NsqdHTTPClient] = {}
         self.lookupd_clients = [
-            LookupdHTTPClient(address, **self.timeouts) for address in args.lookupd_http_address
+            LookupdHTTPClient(
+                address,
+                connect_timeout=self.connect_timeout,
+                request_timeout=self.request_timeout,
+            )
+            for address in args.lookupd_http_address
         ]
 
     def _warn(self, text: str) -> None:
@@ -297,7 +300,11 @@ class Poller:
         clients = []
         for address in addresses:
             if address not in self.nsqd_clients:
-                self.nsqd_clients[address] = NsqdHTTPClient(address, **self.timeouts)
+                self.nsqd_clients[address] = NsqdHTTPClient(
+                    address,
+                    connect_timeout=self.connect_timeout,
+                    request_timeout=self.request_timeout,
+                )
             clients.append(self.nsqd_clients[address])
         args = self.args
         results = await asyncio.gather(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import random
 import sys
@@ -127,7 +128,7 @@ async def tail(readers: list[Reader], args: argparse.Namespace) -> int:
         prefix = f"{reader.topic} | ".encode() if args.print_topic else b""
         subscriptions.append(
             reader.messages.subscribe(
-                on_next=lambda message, prefix=prefix: printer.show(prefix, message),
+                on_next=functools.partial(printer.show, prefix),
                 on_error=printer.fail,
             )
         )

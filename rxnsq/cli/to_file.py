@@ -48,11 +48,19 @@ from ._common import (
     make_readers,
     nonneg_int,
     positive_int,
+    resolver,
     run_tool,
     setup_logging,
 )
 
 PROG = "rxnsq-to-file"
+
+
+def _carrying_itself(message: Message[bytes]) -> Message[Message[bytes]]:
+    """A message whose value is the message itself (the file writer needs the bodies)."""
+    return message.with_value(message)
+
+
 DEFAULT_FORMAT = "<TOPIC>.<HOST><REV>.<DATETIME>.log"
 
 logger = logging.getLogger(__name__)
@@ -128,10 +136,10 @@ class FileLogger:
         fmt = args.filename_format
         if args.gzip and not fmt.endswith(".gz"):
             fmt += ".gz"
-        self.template = (
+        self.template: str = (
             fmt.replace("<TOPIC>", topic).replace("<HOST>", host).replace("<PID>", str(os.getpid()))
         )
-        self.datetime_format = args.datetime_format
+        self.datetime_format: str = args.datetime_format
         self.gzip_level = args.gzip_level if args.gzip else 0
         self.rotate_size = args.rotate_size
         self.rotate_interval = args.rotate_interval
@@ -231,15 +239,22 @@ async def archive(
     finished: list[asyncio.Future[None]] = []
     for reader, file_logger in zip(readers, loggers, strict=True):
         done: asyncio.Future[None] = loop.create_future()
+        on_error, on_completed = resolver(done)
+        batches: nsq.Operator[Message[Message[bytes]], nsq.Batch[Message[bytes]]] = nsq.batch(
+            batch_size(reader.max_in_flight), timespan=args.sync_interval or 0.001
+        )
+        write: nsq.Operator[nsq.Batch[Message[bytes]], nsq.Batch[Message[bytes]]] = (
+            nsq.process_batch(file_logger.write_batch)
+        )
         reader.messages.pipe(
             rx.take_until(reader.closing),  # stopping: flush the open batch now
-            rx.map(lambda m: m.with_value(m)),  # the writer needs the messages themselves
-            nsq.batch(batch_size(reader.max_in_flight), timespan=args.sync_interval or 0.001),
-            nsq.process_batch(file_logger.write_batch),
+            rx.map(_carrying_itself),  # the writer needs the messages themselves
+            batches,
+            write,
         ).subscribe(
             on_next=lambda batch: progress.add(len(batch)),
-            on_error=lambda exc, done=done: done.done() or done.set_exception(exc),
-            on_completed=lambda done=done: done.done() or done.set_result(None),
+            on_error=on_error,
+            on_completed=on_completed,
         )
         finished.append(done)
     progress.start()

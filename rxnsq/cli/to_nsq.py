@@ -36,6 +36,7 @@ from ._common import (
     make_readers,
     make_writer,
     positive_int,
+    resolver,
     run_tool,
     setup_logging,
     topic_name,
@@ -102,13 +103,14 @@ async def relay(readers: Sequence[Reader], writer: Writer, args: argparse.Namesp
     finished: list[asyncio.Future[None]] = []
     for reader in readers:
         done: asyncio.Future[None] = loop.create_future()
+        on_error, on_completed = resolver(done)
         reader.messages.pipe(
             writer.publish(args.destination_topic or reader.topic),
             nsq.settle(),  # FIN what was confirmed, REQ what failed
         ).subscribe(
             on_next=count,
-            on_error=lambda exc, done=done: done.done() or done.set_exception(exc),
-            on_completed=lambda done=done: done.done() or done.set_result(None),
+            on_error=on_error,
+            on_completed=on_completed,
         )
         finished.append(done)
     progress.start()

@@ -16,6 +16,22 @@ from .options import connection_options
 
 __all__ = ["AsyncConn"]
 
+#: The core's event kinds that pynsq emits with ``data=``, under pynsq's names.
+_WITH_DATA = {
+    "identifying": "identify",
+    "identified": "identify_response",
+    "authorized": "auth_response",
+    "response": "response",
+}
+#: The core's event kinds that pynsq emits with ``conn=`` only.
+_PLAIN = {
+    "connected": "connect",
+    "authenticating": "auth",
+    "ready": "ready",
+    "heartbeat": "heartbeat",
+    "finished": "resume",
+}
+
 logger = logging.getLogger(__name__)
 
 
@@ -67,21 +83,22 @@ class AsyncConn(EventedMixin):
             logger.warning("%s: %s", self.id, exc)
 
     def _forward(self, event: ConnectionEvent) -> None:
-        name, data = event
-        if name == "message":
-            self.trigger(name, conn=self, message=Message(data))
-        elif name == "error":
-            self.trigger(name, conn=self, error=data)
-        elif name == "close":
+        """The core's events under pynsq's names, with pynsq's keyword arguments."""
+        kind, data, message = event
+        if kind == "message" and message is not None:
+            self.trigger("message", conn=self, message=Message(message))
+        elif kind == "error":
+            self.trigger("error", conn=self, error=data)
+        elif kind == "closed":
             if isinstance(data, NSQError) and self._conn.identify_response is None:
                 self.trigger("error", conn=self, error=data)
-            self.trigger(name, conn=self)
-        elif name in ("identify", "identify_response", "auth_response", "response"):
-            self.trigger(name, conn=self, data=data)
-        elif name in ("backoff", "resume", "continue"):
-            self.trigger(name, conn=self)
-        else:
-            self.trigger(name, conn=self)
+            self.trigger("close", conn=self)
+        elif kind in _WITH_DATA:
+            self.trigger(_WITH_DATA[kind], conn=self, data=data)
+        elif kind == "requeued":
+            self.trigger("backoff" if data else "continue", conn=self)
+        elif kind in _PLAIN:
+            self.trigger(_PLAIN[kind], conn=self)
 
     # pynsq's methods and counters
 
@@ -96,7 +113,7 @@ class AsyncConn(EventedMixin):
 
     def close(self) -> None:
         """Close the socket now (pynsq's close); ``await conn.connection.close()`` drains."""
-        self._conn._abort()
+        self._conn.abort()
 
     def send(self, data: bytes) -> None:
         self._conn.send(data)

@@ -22,14 +22,22 @@ class Message(core.Message[bytes], EventedMixin):
         core.Message.__init__(self, message.body, message.timestamp, message.body, message.delivery)
         EventedMixin.__init__(self)
 
-    def finish(self) -> bool:  # type: ignore[override]
+    def enable_async(self) -> None:
+        """Say the message will be settled later, outside the handler."""
+        self.delivery.is_async = True
+
+    def is_async(self) -> bool:
+        """Whether :meth:`enable_async` was called."""
+        return self.delivery.is_async
+
+    def finish(self) -> bool:
         """FIN (and the ``finish`` event)."""
         if self.has_responded():
             return False
         self.trigger(FINISH, message=self)
         return self.fin()
 
-    def requeue(  # type: ignore[override]
+    def requeue(
         self, backoff: bool = True, delay: float = -1, time_ms: int | None = None, **_: Any
     ) -> bool:
         """REQ after ``delay`` seconds or ``time_ms`` ms (-1: the reader's default for the

@@ -92,18 +92,22 @@ class Reader:
     def _run(self) -> None:
         if self.message_handler is None and type(self).process_message is Reader.process_message:
             raise ValueError("a message_handler must be set before the reader starts")
-        if self._subscription is not None or self.reader._closing:
+        if self._subscription is not None or self.reader.is_closing:
             return
         self.reader.events.subscribe(self._on_event)
         self._subscription = self.reader.messages.subscribe(self._on_message)
-        asyncio.get_running_loop().create_task(self.reader.start())
+        asyncio.get_running_loop().create_task(self.reader.start(require_nsqd=False))
         logger.info("[%s] starting reader", self.name)
 
     def _on_event(self, event: core.ReaderEvent) -> None:
         if event.kind == "connected":
             conn = self.reader.connections.get(event.address)
             if conn is not None:
-                conn.heartbeats.subscribe(lambda _t, c=conn: self.heartbeat(c))
+
+                def beat(_at: float, conn: Connection = conn) -> None:
+                    self.heartbeat(conn)
+
+                conn.heartbeats.subscribe(beat)
 
     def _on_message(self, core_message: CoreMessage[bytes]) -> None:
         message = Message(core_message)
@@ -202,8 +206,7 @@ class Reader:
 
     @property
     def total_rdy(self) -> int:
-        flow = self.reader._flow
-        return flow.total_rdy if flow is not None else 0
+        return self.reader.total_rdy
 
     def connect_to_nsqd(self, host: str, port: int) -> None:
         """Add an nsqd by address (kept and reconnected like the configured ones)."""

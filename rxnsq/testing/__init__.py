@@ -21,6 +21,7 @@ from .daemons import (
     find_binary,
     wait_until,
 )
+from .publishing import publish
 
 __all__ = [
     "BIN_ENV_VAR",
@@ -34,5 +35,6 @@ __all__ = [
     "NsqlookupdProcess",
     "eventually",
     "find_binary",
+    "publish",
     "wait_until",
 ]
