@@ -37,7 +37,8 @@ from reactivex.subject import Subject
 
 from . import _items, protocol, runner
 from ._items import Body, Deferred, Item, PublishAck, PublishResult
-from .config import ConnectionOptions, address_list, check_range
+from .address import tcp_address_list
+from .config import ConnectionOptions, check_range
 from .connection import Connection, ConnectionState
 from .errors import (
     AuthError,
@@ -54,7 +55,6 @@ from .errors import (
 )
 from .message import Message
 from .sink import Sink
-from .sync import split_address
 
 __all__ = [
     "Body",
@@ -116,15 +116,9 @@ class Writer:
         max_req_timeout: float = DEFAULT_MAX_REQ_TIMEOUT,
         **connection_options: Any,
     ) -> None:
-        if not isinstance(nsqd_tcp_addresses, str | Iterable):
-            raise ConfigError(
-                "nsqd_tcp_addresses", nsqd_tcp_addresses, "an address or a sequence of them"
-            )
-        addresses = address_list("nsqd_tcp_addresses", nsqd_tcp_addresses)  # type: ignore[arg-type]
+        addresses = tcp_address_list("nsqd_tcp_addresses", nsqd_tcp_addresses)
         if not addresses:
             raise ConfigError("nsqd_tcp_addresses", nsqd_tcp_addresses, "one or more addresses")
-        for address in addresses:
-            _check_address(address)
         check_range("reconnect_interval", reconnect_interval, 0.01, 3600.0)
         check_range("reconnect_wait", reconnect_wait, 0.0, 3600.0)
         check_range("publish_timeout", publish_timeout, 0.001, 86400.0)
@@ -760,7 +754,7 @@ class Writer:
             if f.cancelled():
                 result.set_exception(self._error_of(f))
             elif f.exception() is not None:
-                result.set_exception(f.exception())  # type: ignore[arg-type]
+                result.set_exception(f.exception())
             else:
                 result.set_result(f.result())
 
@@ -923,18 +917,6 @@ class Writer:
             logger.warning("%s: closed with %d publishes unanswered (failed)", self.name, count)
 
 
-def _check_address(address: str) -> None:
-    try:
-        split_address(address)
-    except ValueError:
-        port = address.rpartition(":")[2]
-        raise ConfigError(
-            "nsqd_tcp_addresses",
-            address,
-            f"host:port with a port from 1 to 65535 (port {port!r} is not)",
-        ) from None
-
-
 def _call_back(callback: Callback | None, conn: Connection | None, data: Any) -> None:
     """A user's callback, inside a boundary: what it raises is logged, never propagated into
     the loop or the publish."""
@@ -1061,7 +1043,7 @@ class _PublishStage:
             if self.ended is True:
                 self.observer.on_completed()
             else:
-                self.observer.on_error(self.ended)  # type: ignore[arg-type]
+                self.observer.on_error(self.ended)
 
     def on_error(self, error: Exception) -> None:
         self.ended = error  # after the results of the items already received

@@ -38,7 +38,7 @@ async def auth_server() -> AsyncIterator[AuthServer]:
 
 
 @pytest.fixture
-def stoppable(nsqd_factory) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+def stoppable(nsqd_factory) -> Iterator[Any]:
     """An nsqd the test may SIGSTOP; always continued before the harness stops it."""
     nsqd = nsqd_factory()
     try:
@@ -65,7 +65,7 @@ CASES = ["refused", "http port", "wrong auth secret", "no auth secret", "tls not
 @pytest.mark.parametrize("case", CASES)
 async def test_the_first_and_the_tenth_publish_fail_at_once_with_the_readers_type(
     case: str, nsqd_factory, auth_server: AuthServer, unused_tcp_port: int
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     options: dict[str, Any] = {}
     if case == "refused":
         address, expected, retriable = (
@@ -122,7 +122,7 @@ async def test_a_garbage_address_is_a_config_error_naming_the_port() -> None:
             Writer(["127.0.0.1:4150", address])
 
 
-async def test_a_lost_nsqd_is_waited_for_up_to_reconnect_wait(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_a_lost_nsqd_is_waited_for_up_to_reconnect_wait(nsqd) -> None:
     writer = Writer(nsqd.tcp_address, reconnect_wait=0.4, reconnect_interval=0.2)
     assert await writer.pub("t", b"first") == b"OK"
     await asyncio.to_thread(nsqd.stop)
@@ -139,7 +139,7 @@ async def test_a_lost_nsqd_is_waited_for_up_to_reconnect_wait(nsqd) -> None:  # 
     await writer.close()
 
 
-async def test_close_with_nsqd_stopped_accounts_for_every_publish(stoppable, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_close_with_nsqd_stopped_accounts_for_every_publish(stoppable, caplog) -> None:
     writer = Writer(stoppable.tcp_address)
     await writer.pub("t", b"connected")
     sink = writer.sink("t", max_batch=10)
@@ -163,7 +163,7 @@ async def test_close_with_nsqd_stopped_accounts_for_every_publish(stoppable, cap
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
-async def test_a_publish_to_a_stopped_nsqd_times_out_and_stays_failed(stoppable) -> None:  # type: ignore[no-untyped-def]
+async def test_a_publish_to_a_stopped_nsqd_times_out_and_stays_failed(stoppable) -> None:
     writer = Writer(stoppable.tcp_address, publish_timeout=30)
     await writer.pub("t", b"connected")
     acks: list[PublishAck] = []

@@ -64,7 +64,7 @@ async def drain(address: str, topic: str, count: int, timeout: float = 30) -> li
 @pytest.mark.parametrize(("bad", "type_name"), BAD_BODIES, ids=[t for _, t in BAD_BODIES])
 async def test_bad_body_through_every_awaitable_entry_point(
     nsqd, bad: Any, type_name: str, caplog: pytest.LogCaptureFixture
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     nsqd.create_channel("bad", "check")
     writer = Writer(nsqd.tcp_address)
     await writer.pub("bad", b"connected")  # a connection is up: the refusal is not for lack of it
@@ -94,7 +94,7 @@ async def test_bad_body_through_every_awaitable_entry_point(
 )
 async def test_mpub_of_a_single_body_is_an_error_not_one_message_per_byte(
     nsqd, single: Any
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     nsqd.create_channel("single", "check")
     writer = Writer(nsqd.tcp_address)
     with pytest.raises(errors.InvalidBodyError, match="not a single"):
@@ -110,7 +110,7 @@ async def test_mpub_of_a_single_body_is_an_error_not_one_message_per_byte(
 @pytest.mark.parametrize(
     "delay", [math.inf, math.nan, -1, -0.001, 3600.001, "5", None, True], ids=repr
 )
-async def test_bad_delay_is_refused_before_sending(nsqd, delay: Any) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_delay_is_refused_before_sending(nsqd, delay: Any) -> None:
     nsqd.create_channel("delay", "check")
     writer = Writer(nsqd.tcp_address)
     with pytest.raises(errors.InvalidBodyError, match="DPUB delay for topic 'delay'"):
@@ -124,7 +124,7 @@ async def test_bad_delay_is_refused_before_sending(nsqd, delay: Any) -> None:  #
     assert message_count(nsqd, "delay") == 0
 
 
-async def test_bad_items_through_the_sink_and_publish_publish_nothing(nsqd, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_items_through_the_sink_and_publish_publish_nothing(nsqd, caplog) -> None:
     nsqd.create_channel("streams", "check")
     writer = Writer(nsqd.tcp_address)
     bad_items = [b for b, _ in BAD_BODIES if not isinstance(b, list)] + [
@@ -166,7 +166,7 @@ async def test_bad_items_through_the_sink_and_publish_publish_nothing(nsqd, capl
     no_lost_tasks(caplog)
 
 
-async def test_compat_writer_reports_bad_input_through_the_callback(nsqd, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_compat_writer_reports_bad_input_through_the_callback(nsqd, caplog) -> None:
     nsqd.create_channel("cw", "check")
     writer = compat.Writer([nsqd.tcp_address])
     got: list[Any] = []
@@ -174,12 +174,12 @@ async def test_compat_writer_reports_bad_input_through_the_callback(nsqd, caplog
     await ok
     futures = [
         writer.pub("cw", None, callback=lambda c, d: got.append(d)),
-        writer.pub("cw", [b"a"], callback=lambda c, d: got.append(d)),  # type: ignore[arg-type]
-        writer.pub("cw", 5, callback=lambda c, d: got.append(d)),  # type: ignore[arg-type]
-        writer.mpub("cw", [b"a", 5], callback=lambda c, d: got.append(d)),  # type: ignore[list-item]
-        writer.mpub("cw", 5, callback=lambda c, d: got.append(d)),  # type: ignore[arg-type]
-        writer.dpub("cw", None, b"x", callback=lambda c, d: got.append(d)),  # type: ignore[arg-type]
-        writer.dpub("cw", 10, None, callback=lambda c, d: got.append(d)),  # type: ignore[arg-type]
+        writer.pub("cw", [b"a"], callback=lambda c, d: got.append(d)),
+        writer.pub("cw", 5, callback=lambda c, d: got.append(d)),
+        writer.mpub("cw", [b"a", 5], callback=lambda c, d: got.append(d)),
+        writer.mpub("cw", 5, callback=lambda c, d: got.append(d)),
+        writer.dpub("cw", None, b"x", callback=lambda c, d: got.append(d)),
+        writer.dpub("cw", 10, None, callback=lambda c, d: got.append(d)),
     ]
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
     assert all(isinstance(o, errors.InvalidBodyError) for o in outcomes), outcomes
@@ -190,11 +190,11 @@ async def test_compat_writer_reports_bad_input_through_the_callback(nsqd, caplog
     no_lost_tasks(caplog)
 
 
-async def test_wrong_types_at_every_public_entry_point(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_wrong_types_at_every_public_entry_point(nsqd) -> None:
     with pytest.raises(errors.ConfigError, match="nsqd_tcp_addresses"):
-        Writer(5)  # type: ignore[arg-type]
+        Writer(5)
     with pytest.raises(errors.ConfigError, match="nsqd_tcp_addresses"):
-        Writer([nsqd.tcp_address, None])  # type: ignore[list-item]
+        Writer([nsqd.tcp_address, None])
     for option, value in [
         ("publish_timeout", "1"),
         ("reconnect_wait", None),
@@ -207,17 +207,17 @@ async def test_wrong_types_at_every_public_entry_point(nsqd) -> None:  # type: i
     writer = Writer(nsqd.tcp_address)
     for topic in (5, None, b"t", "bad topic!"):
         with pytest.raises(errors.InvalidNameError):
-            await writer.pub(topic, b"x")  # type: ignore[arg-type]
+            await writer.pub(topic, b"x")
         with pytest.raises(errors.InvalidNameError):
-            writer.pub_nowait(topic, b"x")  # type: ignore[arg-type]
+            writer.pub_nowait(topic, b"x")
         with pytest.raises(errors.InvalidNameError):
-            writer.sink(topic)  # type: ignore[arg-type]
+            writer.sink(topic)
         with pytest.raises(errors.InvalidNameError):
-            writer.publish(topic)  # type: ignore[arg-type]
+            writer.publish(topic)
     with pytest.raises(errors.ConfigError, match="timeout"):
-        await writer.pub("t", b"x", timeout="1")  # type: ignore[arg-type]
+        await writer.pub("t", b"x", timeout="1")
     with pytest.raises(errors.ConfigError, match="body"):
-        writer.publish("t", body=b"not a function")  # type: ignore[arg-type]
+        writer.publish("t", body=b"not a function")
     for option, value in [
         ("max_batch", "10"),
         ("max_delay", None),
@@ -231,11 +231,11 @@ async def test_wrong_types_at_every_public_entry_point(nsqd) -> None:  # type: i
             writer.sink("t", **{option: value})
     assert writer.connections == {}
     with pytest.raises(errors.ConfigError, match="timeout"):
-        await writer.close(timeout="soon")  # type: ignore[arg-type]
+        await writer.close(timeout="soon")
     await writer.close()
 
 
-async def test_a_mixed_stream_gives_one_result_per_item_in_order(nsqd, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_a_mixed_stream_gives_one_result_per_item_in_order(nsqd, caplog) -> None:
     nsqd.create_channel("mix", "check")
     writer = Writer(nsqd.tcp_address, max_msg_size=100, max_body_size=300)
     big_list = [b"L%02d" % i + b"." * 46 for i in range(10)]  # 10 x 54 bytes: two MPUBs
@@ -280,7 +280,7 @@ async def test_a_mixed_stream_gives_one_result_per_item_in_order(nsqd, caplog) -
 
 async def test_relay_with_a_failing_body_function_loses_and_gives_up_nothing(
     nsqd_factory, caplog
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     source, dest = nsqd_factory(), nsqd_factory()
     dest.create_channel("out", "check")
     feeder = Writer(source.tcp_address)
@@ -313,7 +313,7 @@ async def test_relay_with_a_failing_body_function_loses_and_gives_up_nothing(
     failed = [r for r in results if not r.ok]
     assert len(results) == 100 and len(failed) == 5
     assert all(isinstance(r.error, errors.InvalidBodyError) for r in failed)
-    assert all(isinstance(r.error.__cause__, ValueError) for r in failed)  # type: ignore[union-attr]
+    assert all(isinstance(r.error.__cause__, ValueError) for r in failed)
     assert all(r.item.outcome == "fin" for r in results)  # the 5 were finished with a report
     assert not given_up
     stats = source.channel_stats("in", "relay")
@@ -326,7 +326,7 @@ async def test_relay_with_a_failing_body_function_loses_and_gives_up_nothing(
     no_lost_tasks(caplog)
 
 
-async def test_relay_requeues_what_failed_for_a_curable_reason(nsqd_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_relay_requeues_what_failed_for_a_curable_reason(nsqd_factory) -> None:
     source, dest = nsqd_factory(), nsqd_factory()
     feeder = Writer(source.tcp_address)
     await feeder.mpub("in", [b"%d" % i for i in range(20)])

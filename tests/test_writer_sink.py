@@ -4,10 +4,11 @@ other threads (RxPY's default timer threads, a plain threading.Thread), against 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import reactivex
@@ -25,7 +26,7 @@ def message_count(nsqd: Any, topic: str) -> int:
     return int(topics[0]["message_count"]) if topics else 0
 
 
-async def test_await_send_holds_a_fast_producer_to_the_bound(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_await_send_holds_a_fast_producer_to_the_bound(nsqd) -> None:
     writer = Writer(nsqd.tcp_address)
     sink = writer.sink("bp", max_pending=1000, max_batch=200)
     peak = 0
@@ -40,7 +41,7 @@ async def test_await_send_holds_a_fast_producer_to_the_bound(nsqd) -> None:  # t
     assert message_count(nsqd, "bp") == 30_000
 
 
-async def test_await_send_holds_to_the_byte_bound(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_await_send_holds_to_the_byte_bound(nsqd) -> None:
     writer = Writer(nsqd.tcp_address)
     sink = writer.sink("bb", max_pending_bytes=10_000, max_batch=500)
     peak = 0
@@ -53,7 +54,7 @@ async def test_await_send_holds_to_the_byte_bound(nsqd) -> None:  # type: ignore
     await writer.close()
 
 
-async def test_feed_takes_iterables_and_async_iterables(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_feed_takes_iterables_and_async_iterables(nsqd) -> None:
     writer = Writer(nsqd.tcp_address)
     sink = writer.sink("feed", max_pending=100)
 
@@ -69,11 +70,11 @@ async def test_feed_takes_iterables_and_async_iterables(nsqd) -> None:  # type: 
     await writer.close()
 
 
-async def test_a_synchronous_producer_past_the_bound_gets_overflow_errors(nsqd, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_a_synchronous_producer_past_the_bound_gets_overflow_errors(nsqd, caplog) -> None:
     caplog.set_level(logging.WARNING, "rxnsq.writer")
     writer = Writer(nsqd.tcp_address)
     for policy in ("error", "block"):  # "block" cannot block the loop thread: it fails too
-        sink = writer.sink(f"sync-{policy}", max_pending=100, on_overflow=policy)  # type: ignore[arg-type]
+        sink = writer.sink(f"sync-{policy}", max_pending=100, on_overflow=policy)
         failures: list[PublishResult[Any]] = []
         sink.failures.subscribe(failures.append)
         for i in range(1_000):
@@ -90,14 +91,14 @@ async def test_a_synchronous_producer_past_the_bound_gets_overflow_errors(nsqd, 
     await writer.close()
 
 
-async def test_a_sink_fed_from_rxpy_default_timer_threads(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_a_sink_fed_from_rxpy_default_timer_threads(nsqd) -> None:
     writer = Writer(nsqd.tcp_address)
     sink = writer.sink("timed", max_batch=50, max_delay=0.01)
     threads: set[str] = set()
     reactivex.interval(0.002).pipe(  # no scheduler: RxPY's TimeoutScheduler threads
         ops.take(300),
         ops.do_action(lambda _i: threads.add(threading.current_thread().name)),
-        ops.map(lambda i: b"%d" % i),
+        ops.map(lambda i: str(i).encode()),
     ).subscribe(sink)
     await asyncio.wait_for(sink.done, 20)
     assert threading.main_thread().name not in threads and threads
@@ -106,7 +107,7 @@ async def test_a_sink_fed_from_rxpy_default_timer_threads(nsqd) -> None:  # type
     assert message_count(nsqd, "timed") == 300
 
 
-async def test_a_sink_fed_from_a_thread_blocks_it_for_room(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_a_sink_fed_from_a_thread_blocks_it_for_room(nsqd) -> None:
     writer = Writer(nsqd.tcp_address)
     await writer.pub("threaded", b"connected")
     sink = writer.sink("threaded", max_pending=500, on_overflow="block")
@@ -129,7 +130,7 @@ async def test_a_sink_fed_from_a_thread_blocks_it_for_room(nsqd) -> None:  # typ
     assert message_count(nsqd, "threaded") == 50_001
 
 
-async def test_pub_nowait_from_a_thread(nsqd) -> None:  # type: ignore[no-untyped-def]
+async def test_pub_nowait_from_a_thread(nsqd) -> None:
     writer = Writer(nsqd.tcp_address)
     await writer.pub("pt", b"connected")
     loop_thread = threading.get_ident()
@@ -143,8 +144,8 @@ async def test_pub_nowait_from_a_thread(nsqd) -> None:  # type: ignore[no-untype
             for i in range(1_000)
         ]
         with pytest.raises(errors.InvalidBodyError):
-            writer.pub_nowait("pt", 5)  # type: ignore[arg-type]
-        return [f.result(timeout=10) for f in futures]  # type: ignore[union-attr]
+            writer.pub_nowait("pt", 5)
+        return [cast(concurrent.futures.Future[bytes], f).result(timeout=10) for f in futures]
 
     assert await asyncio.to_thread(publish) == [b"OK"] * 1_000
     await eventually(lambda: len(callback_threads) == 1)
