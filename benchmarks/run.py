@@ -556,7 +556,23 @@ class Bench:
         log(f"nsqd on {self.nsqd.tcp_address} ({' '.join(args)})")
         return self.nsqd
 
+    def ensure_nsqd(self) -> None:
+        """nsqd must not die in a run; if it does, say so (with its log) and start it again,
+        so one crash costs the runs it broke, not the rest of the table."""
+        assert self.nsqd is not None
+        if self.nsqd.running:
+            return
+        code = self.nsqd.returncode
+        tail = self.nsqd.log_tail(15).replace("\n", " | ")
+        message = f"nsqd exited (code {code}) and was restarted; its log ended: {tail}"
+        log(message)
+        self.incidents.append(message)
+        self.nsqd.restart()
+
+    incidents: list[str]
+
     def run(self) -> None:
+        self.incidents = []
         order = [name for name in ALL_CLIENTS if self.clients[name].argv is not None]
         reps = max((sc.reps for sc in self.scenarios), default=0)
         for rep in range(reps):
@@ -566,8 +582,10 @@ class Bench:
                     continue
                 for name in rotated:
                     if name in scenario.modes:
+                        self.ensure_nsqd()
                         self.run_one(scenario, self.clients[name], rep)
                 if scenario.bench and self.bench_dir is not None:
+                    self.ensure_nsqd()
                     self.run_bench(scenario, rep)
 
     bench_dir: Path | None = None  # nsq's bench tools, when they are part of the run
@@ -913,6 +931,7 @@ def build_report(bench: Bench, started: float, args: argparse.Namespace) -> dict
         notes.append(bench.bench_note)
     if short:
         notes.append(f"runs shorter than {MIN_SECONDS:g} s (raise the counts): " + ", ".join(short))
+    notes += getattr(bench, "incidents", [])
     versions: dict[str, str] = {}
     for client in bench.clients.values():
         versions.update(client.versions)
