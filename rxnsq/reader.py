@@ -126,9 +126,10 @@ class Reader:
     ``default_requeue_delay`` (per attempt) capped by ``max_requeue_delay``;
     ``reconnect_interval`` (first retry for a lost direct nsqd, doubling up to
     ``lookupd_poll_interval``); ``lookupd_vanish_grace`` (how long an nsqd must be missing
-    from nsqlookupd's answers before its connection is closed). Other keywords are connection
-    options
-    (:class:`~rxnsq.config.ConnectionOptions`).
+    from nsqlookupd's answers before its connection is closed); ``fatal_retry_interval``
+    (None: an error no reconnect can cure, such as a refused AUTH or a wrong port, fails the
+    stream at once; a number of seconds: log it and try again after that long, as pynsq did).
+    Other keywords are connection options (:class:`~rxnsq.config.ConnectionOptions`).
     """
 
     def __init__(
@@ -152,6 +153,7 @@ class Reader:
         redistribute_interval: float = 5.0,
         reconnect_interval: float = 1.0,
         lookupd_vanish_grace: float = 60.0,
+        fatal_retry_interval: float | None = None,
         giving_up: Callable[[Message[bytes]], Any] | None = None,
         **connection_options: Any,
     ) -> None:
@@ -178,6 +180,8 @@ class Reader:
         check_range("redistribute_interval", redistribute_interval, 0.001, 3600.0)
         check_range("reconnect_interval", reconnect_interval, 0.001, 3600.0)
         check_range("lookupd_vanish_grace", lookupd_vanish_grace, 0.0, 86400.0)
+        if fatal_retry_interval is not None:
+            check_range("fatal_retry_interval", fatal_retry_interval, 0.001, 86400.0)
         self.connection_options = ConnectionOptions(**connection_options)
         self.max_tries = max_tries
         self.lookupd_poll_interval = lookupd_poll_interval
@@ -188,6 +192,8 @@ class Reader:
         self.max_requeue_delay = max_requeue_delay
         self.reconnect_interval = reconnect_interval
         self.lookupd_vanish_grace = lookupd_vanish_grace
+        self.fatal_retry_interval = fatal_retry_interval
+        self.low_rdy_idle_timeout = low_rdy_idle_timeout
         self.giving_up = giving_up
         self._max_in_flight = max_in_flight
         self._flow_options: dict[str, Any] = {
@@ -287,6 +293,17 @@ class Reader:
     def max_in_flight(self) -> int:
         """The bound on unsettled messages across all connections."""
         return self._max_in_flight
+
+    @property
+    def flow(self) -> FlowController | None:
+        """The RDY and backoff logic (read its ``state``; it is driven by the reader), once
+        the reader has started."""
+        return self._flow
+
+    @property
+    def lookupd_query_index(self) -> int:
+        """Which nsqlookupd the next poll asks (they take turns)."""
+        return self._poller.next_index if self._poller is not None else 0
 
     @property
     def total_rdy(self) -> int:
@@ -681,7 +698,10 @@ class Reader:
             self._event("connect_failed", address, exc)
             if isinstance(exc, _FATAL):
                 logger.error("%s: %s", address, exc)
-                self._fail(exc)
+                if self.fatal_retry_interval is None:
+                    self._fail(exc)
+                else:
+                    self._schedule_reconnect(address, self.fatal_retry_interval)
                 return
             if first:
                 logger.error("%s: cannot consume %s/%s: %s", address, self.topic, self.channel, exc)
@@ -727,12 +747,13 @@ class Reader:
         elif self._poller is not None:
             self._poller.query_now()
 
-    def _schedule_reconnect(self, address: str) -> None:
+    def _schedule_reconnect(self, address: str, delay: float | None = None) -> None:
         if self._closing or address not in self.nsqd_tcp_addresses or self._loop is None:
             if self._poller is not None and not self._closing:
                 self._poller.query_now()
             return
-        delay = self._reconnect_delays.next(address)
+        if delay is None:
+            delay = self._reconnect_delays.next(address)
         logger.info("%s: reconnecting in %.1fs", address, delay)
         self._reconnects[address] = self._loop.call_later(delay, self._connect_soon, address)
 
