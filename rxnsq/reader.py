@@ -481,7 +481,8 @@ class Reader:
 
     async def close(self, timeout: float = 30.0) -> None:
         """Stop gracefully: RDY 0, CLS, let in-flight messages settle for up to ``timeout``
-        seconds, requeue the rest, close every connection and timer."""
+        seconds, requeue the rest, close every connection and timer. Called again while a
+        close is draining, ``timeout=0`` requeues what is still in flight at once."""
         if not self._closing:
             self._closing_signal.emit(None)
             self._closing_signal.complete()
@@ -492,6 +493,8 @@ class Reader:
             return
         if self._closing:
             if self._closed is not None:
+                if timeout <= 0 and not self._closed.done():
+                    self._requeue_held()  # stop waiting: the drain ends now
                 await asyncio.shield(self._closed)
             return
         self._closing = True
@@ -594,7 +597,7 @@ class Reader:
             if self._flow is not None:
                 self._flow.on_release(conn)
         if count:
-            logger.info("%s: last subscriber left; requeued %d held messages", self, count)
+            logger.info("%s: requeued %d messages nobody will settle", self, count)
 
     def _ensure_started(self, by_subscription: bool) -> None:
         if self._started:

@@ -111,9 +111,8 @@ def serve(
         await asyncio.wait(race, return_when=asyncio.FIRST_COMPLETED)
         hurried = not draining.done()
         if hurried:
-            draining.cancel()
+            await close_all(0)  # a close already draining gives back what it waits for now
             await asyncio.wait([draining])
-            await close_all(0)  # requeue at once what is still in flight
         value: T | None = None
         if task is not None:
             if not task.done():

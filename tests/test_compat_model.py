@@ -384,3 +384,27 @@ async def test_every_pynsq_attribute_is_documented_and_present(nsqd: Any) -> Non
     await asyncio.sleep(0.2)  # pynsq's close() fails before its reader started (its bug)
     pairs["Reader"][0].close()
     await pairs["Reader"][1].close()
+
+
+def test_a_second_sigterm_stops_the_drain_at_once(nsqlookupd: Any, nsqd_factory: Any) -> None:
+    nsqd = nsqd_factory(lookupd_tcp_addresses=[nsqlookupd.tcp_address])
+    for i in range(2):  # both stay held by the example (it finishes in threes)
+        nsqd.http_pub("nsq_reader", b"job %d" % i)
+    code = (ROOT / "examples" / "pynsq" / "async_batching.py").read_text()
+    proc = _run_script(code.replace("127.0.0.1:4161", nsqlookupd.http_address), dict(os.environ))
+
+    def held() -> bool:
+        return nsqd.channel_stats("nsq_reader", "async").get("in_flight_count") == 2
+
+    deadline = time.monotonic() + 20
+    while not held() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert held()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)  # again: stop waiting for the two held messages
+    proc.communicate(timeout=30)
+    assert time.monotonic() - started < 2 and proc.returncode == 0
+    stats = nsqd.channel_stats("nsq_reader", "async")
+    assert stats["depth"] == 2 and stats["in_flight_count"] == 0  # requeued, not left to time out
