@@ -49,6 +49,7 @@ from .errors import (
     WrongPortError,
 )
 from .flow import BackoffState, BackoffStrategy, FlowController
+from .histogram import Histogram
 from .message import Message
 from .producers import VanishedProducers
 from .reconnect import ReconnectDelays
@@ -128,7 +129,9 @@ class Reader:
     ``lookupd_poll_interval``); ``lookupd_vanish_grace`` (how long an nsqd must be missing
     from nsqlookupd's answers before its connection is closed); ``fatal_retry_interval``
     (None: an error no reconnect can cure, such as a refused AUTH or a wrong port, fails the
-    stream at once; a number of seconds: log it and try again after that long, as pynsq did).
+    stream at once; a number of seconds: log it and try again after that long, as pynsq did);
+    ``measure_hold_times`` (keep :attr:`hold_times`, a histogram of how long each message was
+    held from delivery to FIN/REQ: what a metrics exporter reports as handler latency).
     Other keywords are connection options (:class:`~rxnsq.config.ConnectionOptions`).
     """
 
@@ -154,6 +157,7 @@ class Reader:
         reconnect_interval: float = 1.0,
         lookupd_vanish_grace: float = 60.0,
         fatal_retry_interval: float | None = None,
+        measure_hold_times: bool = False,
         giving_up: Callable[[Message[bytes]], Any] | None = None,
         **connection_options: Any,
     ) -> None:
@@ -263,9 +267,15 @@ class Reader:
         self._connect_errors: dict[str, NSQError] = {}
         self._abandon_warned_at: float | None = None
         self._abandoned_since_warning = 0
+        #: Counters over the reader's life (per-connection ones end with their connection).
+        self.received = 0
+        self.finished = 0
+        self.requeued = 0
         self.given_up = 0
         self.abandoned = 0
         self.caught_errors = 0
+        self.connects = 0
+        self.hold_times: Histogram | None = Histogram() if measure_hold_times else None
         runner.register(self)
 
     def __repr__(self) -> str:
@@ -437,9 +447,13 @@ class Reader:
             "backoff_level": state.level,
             "backoff_phase": state.phase,
             "in_flight": sum(conn.in_flight for conn in self._conns.values()),
+            "received": self.received,
+            "finished": self.finished,
+            "requeued": self.requeued,
             "given_up": self.given_up,
             "abandoned": self.abandoned,
             "errors": self.caught_errors,
+            "connects": self.connects,
             "connections": {
                 address: {
                     "state": conn.state.value,
@@ -727,6 +741,7 @@ class Reader:
         self._reconnect_delays.reset(address)
         assert self._flow is not None
         self._flow.add(conn)
+        self.connects += 1
         self._event("connected", address)
         self._new_connections.emit(conn)
         if conn.max_rdy_count < self._max_in_flight:
@@ -768,6 +783,7 @@ class Reader:
     # --- messages and settlement -------------------------------------------------------------
 
     def _on_message(self, conn: Connection, message: Message[bytes]) -> None:
+        self.received += 1
         flow = self._flow
         if flow is not None:
             flow.on_message(conn)
@@ -864,6 +880,12 @@ class Reader:
         return min(self.default_requeue_delay * attempts, self.max_requeue_delay)
 
     def _on_settle(self, conn: Connection, message: Message[Any], backoff: bool | None) -> None:
+        if backoff is None:
+            self.finished += 1
+        else:
+            self.requeued += 1
+        if self.hold_times is not None and self._loop is not None:
+            self.hold_times.observe(self._loop.time() - message.delivery.received)
         if self._flow is not None:
             self._flow.on_settle(conn, backoff)
 
