@@ -95,10 +95,11 @@ class ConnectionOptions:
 
     def identify_fields(self) -> dict[str, Any]:
         """The IDENTIFY body: every field as nsqd wants it (ints in ms, real booleans)."""
-        host = socket.gethostname()
+        host = self.hostname if self.hostname is not None else socket.gethostname()
         fields: dict[str, Any] = {
+            # the short host name, as pynsq and go-nsq derive it (from the given hostname too)
             "client_id": self.client_id if self.client_id is not None else host.split(".")[0],
-            "hostname": self.hostname if self.hostname is not None else host,
+            "hostname": host,
             "user_agent": self.user_agent,
             "feature_negotiation": True,
             "heartbeat_interval": _ms(self.heartbeat_interval),

@@ -252,6 +252,21 @@ class Connection:
         return self._events.observable
 
     @property
+    def last_read_time(self) -> float:
+        """The loop time bytes last arrived from nsqd."""
+        return self._last_read
+
+    @property
+    def stream(self) -> IOStream | None:
+        """The tornado IOStream while the connection is open."""
+        return self._stream
+
+    @property
+    def codec(self) -> Codec:
+        """The codec bytes go through (identity, snappy or deflate, as negotiated)."""
+        return self._codec
+
+    @property
     def consumer(self) -> ConsumerContext | None:
         """The Reader consuming through this connection, if any."""
         return self._consumer

@@ -271,6 +271,12 @@ class FlowController:
         return self._total_rdy
 
     @property
+    def needs_redistribution(self) -> bool:
+        """Whether RDY waits to be moved between connections (scarce slots, a raise cut
+        short, a connection gone)."""
+        return self._needs_redistribution or self._wants_room
+
+    @property
     def held(self) -> int:
         """The most messages that can be unsettled now: the sum of the connections' holds."""
         now = self._clock()
@@ -293,10 +299,9 @@ class FlowController:
         return state.rdy if state else 0
 
     def is_starved(self) -> bool:
-        """Whether some connection has used 85 % or more of its RDY (a batch should flush)."""
-        return any(
-            0 < s.peer.in_flight >= int(0.85 * s.rdy) and s.rdy > 0 for s in self._peers.values()
-        )
+        """Whether some connection holds messages and 85 % or more of its RDY (pynsq's rule):
+        nsqd sends it little or nothing more until some are settled, so a batch should flush."""
+        return any(0 < s.peer.in_flight >= 0.85 * s.rdy for s in self._peers.values())
 
     @property
     def per_connection(self) -> int:

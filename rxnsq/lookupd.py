@@ -239,6 +239,11 @@ class LookupdPoller:
         self._query: asyncio.Task[None] | None = None
         self._closed = False
 
+    @property
+    def next_index(self) -> int:
+        """The index in ``addresses`` of the nsqlookupd the next poll asks."""
+        return self._next % len(self.addresses)
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self._task else "new"
         return f"<LookupdPoller topic={self.topic!r} lookupds={list(self.addresses)!r} {state}>"

@@ -12,7 +12,8 @@ loop they are handed to it at once (``call_soon_threadsafe``).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
+import time
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 from .errors import ConfigError
 
@@ -21,7 +22,16 @@ if TYPE_CHECKING:
 
     from .protocol import RawMessage
 
-__all__ = ["ConsumerContext", "Delivery", "Message", "Outcome", "Settler", "check_delay"]
+__all__ = [
+    "Command",
+    "ConsumerContext",
+    "Delivery",
+    "DetachedSettler",
+    "Message",
+    "Outcome",
+    "Settler",
+    "check_delay",
+]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -209,3 +219,63 @@ class Message(Generic[T]):
             return False
         delivery.settler.settle_touch(self)
         return True
+
+
+class Command(NamedTuple):
+    """What a settlement would have sent: ``FIN``, ``REQ`` or ``TOUCH``, the message id,
+    and for REQ the delay asked for (None: the reader's default) and whether it backs off."""
+
+    name: str
+    id: bytes
+    delay: float | None = None
+    backoff: bool | None = None
+
+
+class DetachedSettler:
+    """Settles messages that no connection delivered (built by hand, for a handler's unit
+    test): each FIN/REQ/TOUCH is recorded in ``commands``; nothing is sent anywhere."""
+
+    def __init__(
+        self,
+        address: str = "detached",
+        consumer: ConsumerContext | None = None,
+        msg_timeout: float = 60.0,
+    ) -> None:
+        self.address = address
+        self._consumer = consumer
+        self._msg_timeout = msg_timeout
+        self.commands: list[Command] = []
+
+    @property
+    def consumer(self) -> ConsumerContext | None:
+        return self._consumer
+
+    @property
+    def msg_timeout(self) -> float:
+        return self._msg_timeout
+
+    def message(
+        self,
+        body: bytes,
+        *,
+        message_id: bytes,
+        attempts: int = 1,
+        timestamp: int | None = None,
+    ) -> Message[bytes]:
+        """A message settled through this settler."""
+        delivery = Delivery(self, message_id, attempts, len(body), 0.0)
+        stamp = time.time_ns() if timestamp is None else timestamp
+        return Message(body, stamp, body, delivery)
+
+    def settle_fin(self, message: Message[Any]) -> None:
+        self.commands.append(Command("FIN", message.id))
+
+    def settle_req(self, message: Message[Any], delay: float | None, backoff: bool) -> None:
+        self.commands.append(Command("REQ", message.id, delay, backoff))
+
+    def settle_touch(self, message: Message[Any]) -> None:
+        self.commands.append(Command("TOUCH", message.id))
+
+    def names(self) -> list[str]:
+        """The command names in order, e.g. ``["TOUCH", "FIN"]``."""
+        return [command.name for command in self.commands]

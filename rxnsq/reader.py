@@ -49,6 +49,7 @@ from .errors import (
     WrongPortError,
 )
 from .flow import BackoffState, BackoffStrategy, FlowController
+from .histogram import Histogram
 from .message import Message
 from .producers import VanishedProducers
 from .reconnect import ReconnectDelays
@@ -126,9 +127,12 @@ class Reader:
     ``default_requeue_delay`` (per attempt) capped by ``max_requeue_delay``;
     ``reconnect_interval`` (first retry for a lost direct nsqd, doubling up to
     ``lookupd_poll_interval``); ``lookupd_vanish_grace`` (how long an nsqd must be missing
-    from nsqlookupd's answers before its connection is closed). Other keywords are connection
-    options
-    (:class:`~rxnsq.config.ConnectionOptions`).
+    from nsqlookupd's answers before its connection is closed); ``fatal_retry_interval``
+    (None: an error no reconnect can cure, such as a refused AUTH or a wrong port, fails the
+    stream at once; a number of seconds: log it and try again after that long, as pynsq did);
+    ``measure_hold_times`` (keep :attr:`hold_times`, a histogram of how long each message was
+    held from delivery to FIN/REQ: what a metrics exporter reports as handler latency).
+    Other keywords are connection options (:class:`~rxnsq.config.ConnectionOptions`).
     """
 
     def __init__(
@@ -152,6 +156,8 @@ class Reader:
         redistribute_interval: float = 5.0,
         reconnect_interval: float = 1.0,
         lookupd_vanish_grace: float = 60.0,
+        fatal_retry_interval: float | None = None,
+        measure_hold_times: bool = False,
         giving_up: Callable[[Message[bytes]], Any] | None = None,
         **connection_options: Any,
     ) -> None:
@@ -178,6 +184,8 @@ class Reader:
         check_range("redistribute_interval", redistribute_interval, 0.001, 3600.0)
         check_range("reconnect_interval", reconnect_interval, 0.001, 3600.0)
         check_range("lookupd_vanish_grace", lookupd_vanish_grace, 0.0, 86400.0)
+        if fatal_retry_interval is not None:
+            check_range("fatal_retry_interval", fatal_retry_interval, 0.001, 86400.0)
         self.connection_options = ConnectionOptions(**connection_options)
         self.max_tries = max_tries
         self.lookupd_poll_interval = lookupd_poll_interval
@@ -188,6 +196,8 @@ class Reader:
         self.max_requeue_delay = max_requeue_delay
         self.reconnect_interval = reconnect_interval
         self.lookupd_vanish_grace = lookupd_vanish_grace
+        self.fatal_retry_interval = fatal_retry_interval
+        self.low_rdy_idle_timeout = low_rdy_idle_timeout
         self.giving_up = giving_up
         self._max_in_flight = max_in_flight
         self._flow_options: dict[str, Any] = {
@@ -257,9 +267,15 @@ class Reader:
         self._connect_errors: dict[str, NSQError] = {}
         self._abandon_warned_at: float | None = None
         self._abandoned_since_warning = 0
+        #: Counters over the reader's life (per-connection ones end with their connection).
+        self.received = 0
+        self.finished = 0
+        self.requeued = 0
         self.given_up = 0
         self.abandoned = 0
         self.caught_errors = 0
+        self.connects = 0
+        self.hold_times: Histogram | None = Histogram() if measure_hold_times else None
         runner.register(self)
 
     def __repr__(self) -> str:
@@ -287,6 +303,17 @@ class Reader:
     def max_in_flight(self) -> int:
         """The bound on unsettled messages across all connections."""
         return self._max_in_flight
+
+    @property
+    def flow(self) -> FlowController | None:
+        """The RDY and backoff logic (read its ``state``; it is driven by the reader), once
+        the reader has started."""
+        return self._flow
+
+    @property
+    def lookupd_query_index(self) -> int:
+        """Which nsqlookupd the next poll asks (they take turns)."""
+        return self._poller.next_index if self._poller is not None else 0
 
     @property
     def total_rdy(self) -> int:
@@ -420,9 +447,13 @@ class Reader:
             "backoff_level": state.level,
             "backoff_phase": state.phase,
             "in_flight": sum(conn.in_flight for conn in self._conns.values()),
+            "received": self.received,
+            "finished": self.finished,
+            "requeued": self.requeued,
             "given_up": self.given_up,
             "abandoned": self.abandoned,
             "errors": self.caught_errors,
+            "connects": self.connects,
             "connections": {
                 address: {
                     "state": conn.state.value,
@@ -464,7 +495,8 @@ class Reader:
 
     async def close(self, timeout: float = 30.0) -> None:
         """Stop gracefully: RDY 0, CLS, let in-flight messages settle for up to ``timeout``
-        seconds, requeue the rest, close every connection and timer."""
+        seconds, requeue the rest, close every connection and timer. Called again while a
+        close is draining, ``timeout=0`` requeues what is still in flight at once."""
         if not self._closing:
             self._closing_signal.emit(None)
             self._closing_signal.complete()
@@ -475,6 +507,8 @@ class Reader:
             return
         if self._closing:
             if self._closed is not None:
+                if timeout <= 0 and not self._closed.done():
+                    self._requeue_held()  # stop waiting: the drain ends now
                 await asyncio.shield(self._closed)
             return
         self._closing = True
@@ -577,7 +611,7 @@ class Reader:
             if self._flow is not None:
                 self._flow.on_release(conn)
         if count:
-            logger.info("%s: last subscriber left; requeued %d held messages", self, count)
+            logger.info("%s: requeued %d messages nobody will settle", self, count)
 
     def _ensure_started(self, by_subscription: bool) -> None:
         if self._started:
@@ -681,7 +715,10 @@ class Reader:
             self._event("connect_failed", address, exc)
             if isinstance(exc, _FATAL):
                 logger.error("%s: %s", address, exc)
-                self._fail(exc)
+                if self.fatal_retry_interval is None:
+                    self._fail(exc)
+                else:
+                    self._schedule_reconnect(address, self.fatal_retry_interval)
                 return
             if first:
                 logger.error("%s: cannot consume %s/%s: %s", address, self.topic, self.channel, exc)
@@ -704,6 +741,7 @@ class Reader:
         self._reconnect_delays.reset(address)
         assert self._flow is not None
         self._flow.add(conn)
+        self.connects += 1
         self._event("connected", address)
         self._new_connections.emit(conn)
         if conn.max_rdy_count < self._max_in_flight:
@@ -727,12 +765,13 @@ class Reader:
         elif self._poller is not None:
             self._poller.query_now()
 
-    def _schedule_reconnect(self, address: str) -> None:
+    def _schedule_reconnect(self, address: str, delay: float | None = None) -> None:
         if self._closing or address not in self.nsqd_tcp_addresses or self._loop is None:
             if self._poller is not None and not self._closing:
                 self._poller.query_now()
             return
-        delay = self._reconnect_delays.next(address)
+        if delay is None:
+            delay = self._reconnect_delays.next(address)
         logger.info("%s: reconnecting in %.1fs", address, delay)
         self._reconnects[address] = self._loop.call_later(delay, self._connect_soon, address)
 
@@ -744,6 +783,7 @@ class Reader:
     # --- messages and settlement -------------------------------------------------------------
 
     def _on_message(self, conn: Connection, message: Message[bytes]) -> None:
+        self.received += 1
         flow = self._flow
         if flow is not None:
             flow.on_message(conn)
@@ -840,6 +880,12 @@ class Reader:
         return min(self.default_requeue_delay * attempts, self.max_requeue_delay)
 
     def _on_settle(self, conn: Connection, message: Message[Any], backoff: bool | None) -> None:
+        if backoff is None:
+            self.finished += 1
+        else:
+            self.requeued += 1
+        if self.hold_times is not None and self._loop is not None:
+            self.hold_times.observe(self._loop.time() - message.delivery.received)
         if self._flow is not None:
             self._flow.on_settle(conn, backoff)
 

@@ -1,9 +1,12 @@
-"""``rxnsq.run()``: run scripts' readers and writers until done or signalled, then drain.
+"""``rxnsq.run()``: run a script's readers and writers until done or signalled, then drain.
 
 Readers and Writers register here when they are built. On SIGTERM or SIGINT, ``run`` closes
-every one of them gracefully (readers: RDY 0, CLS, let in-flight messages settle, requeue the
-rest; writers: flush and wait for confirmations) and only then stops the loop. Inside an
-already running loop (Jupyter, a tornado app) nothing here is needed: use ``await``.
+every one of them gracefully, readers first (RDY 0 and CLS at once, so nothing more is
+fetched; in-flight messages get up to ``drain_timeout`` seconds to settle; the rest is
+requeued), then writers (flush, wait for confirmations), and only then stops the loop. The
+default drain (8 s) fits the usual 10 s grace period of a container. A second signal during the
+drain stops waiting: everything still in flight is requeued at once and ``run`` returns.
+Inside an already running loop (Jupyter, a tornado app) nothing here is needed: use ``await``.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ import logging
 import signal
 import weakref
 from collections.abc import Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from tornado.ioloop import IOLoop
 
-__all__ = ["close_all", "run"]
+__all__ = ["DEFAULT_DRAIN_TIMEOUT", "Outcome", "close_all", "run", "serve"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Seconds a signal-triggered shutdown waits for in-flight work (under a 10 s grace period).
+DEFAULT_DRAIN_TIMEOUT = 8.0
 
 
 class Closable(Protocol):
@@ -37,6 +43,16 @@ def register(client: Closable) -> None:
     _clients.add(client)
 
 
+class Outcome(NamedTuple, Generic[T]):
+    """How :func:`serve` ended: ``value`` (what ``main`` returned, None if it did not finish),
+    the ``signal`` that stopped it (None if ``main`` finished first), and whether a second
+    signal cut the drain short (``hurried``)."""
+
+    value: T | None
+    signal: signal.Signals | None = None
+    hurried: bool = False
+
+
 async def close_all(timeout: float = 30.0) -> None:
     """Close every registered client gracefully, readers before writers (a reader may still
     be republishing through a writer while it drains)."""
@@ -50,13 +66,11 @@ async def close_all(timeout: float = 30.0) -> None:
                 logger.error("error while closing: %r", result)
 
 
-def run(main: Coroutine[Any, Any, T] | None = None, *, drain_timeout: float = 30.0) -> T | None:
-    """Run the loop: until ``main`` finishes, or forever when no coroutine is given.
-
-    SIGTERM and SIGINT close every Reader and Writer gracefully (waiting up to
-    ``drain_timeout`` seconds for in-flight messages and pending publishes), then return.
-    Must be called from the main thread, outside a running loop.
-    """
+def serve(
+    main: Coroutine[Any, Any, T] | None = None, *, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+) -> Outcome[T]:
+    """Run the loop until ``main`` finishes (forever without one) or a signal arrives, drain,
+    and say how it ended. Must be called from the main thread, outside a running loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -67,35 +81,62 @@ def run(main: Coroutine[Any, Any, T] | None = None, *, drain_timeout: float = 30
             "build the Reader/Writer there and use await instead"
         )
     ioloop = IOLoop.current()
-    loop = ioloop.asyncio_loop  # type: ignore[attr-defined]
-    stopping: asyncio.Future[None] = loop.create_future()
-    result: dict[str, Any] = {}
+    loop: asyncio.AbstractEventLoop = ioloop.asyncio_loop  # type: ignore[attr-defined]
+    stopping: asyncio.Future[signal.Signals] = loop.create_future()
+    hurry: asyncio.Future[signal.Signals] = loop.create_future()
 
     def on_signal(signum: int) -> None:
-        logger.info("received %s: draining and stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum)
         if not stopping.done():
-            stopping.set_result(None)
+            logger.info(
+                "received %s: draining (up to %.1fs; again to stop at once)", name.name,
+                drain_timeout,
+            )  # fmt: skip
+            stopping.set_result(name)
+        elif not hurry.done():
+            logger.warning(
+                "received %s again: requeueing what is in flight and stopping", name.name
+            )
+            hurry.set_result(name)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
 
-    async def supervise() -> None:
-        waiters: list[asyncio.Future[Any]] = [stopping]
+    async def supervise() -> Outcome[T]:
         task = loop.create_task(main) if main is not None else None
-        if task is not None:
-            waiters.append(task)
+        waiters: list[asyncio.Future[Any]] = [stopping] + ([task] if task is not None else [])
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        await close_all(drain_timeout)
+        draining = loop.create_task(close_all(drain_timeout))
+        race: list[asyncio.Future[Any]] = [draining, hurry]
+        await asyncio.wait(race, return_when=asyncio.FIRST_COMPLETED)
+        hurried = not draining.done()
+        if hurried:
+            await close_all(0)  # a close already draining gives back what it waits for now
+            await asyncio.wait([draining])
+        value: T | None = None
         if task is not None:
             if not task.done():
                 task.cancel()
             await asyncio.wait([task])
             if not task.cancelled():
-                result["value"] = task.result()
+                value = task.result()
+        return Outcome(value, stopping.result() if stopping.done() else None, hurried)
 
     try:
-        loop.run_until_complete(supervise())
+        return loop.run_until_complete(supervise())
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-    return result.get("value")
+
+
+def run(
+    main: Coroutine[Any, Any, T] | None = None, *, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+) -> T | None:
+    """Run the loop: until ``main`` finishes, or forever when no coroutine is given, and
+    return what ``main`` returned (None when a signal stopped it first).
+
+    SIGTERM and SIGINT close every Reader and Writer gracefully (waiting up to
+    ``drain_timeout`` seconds for in-flight messages and pending publishes); a second signal
+    stops at once. :func:`serve` also tells which signal stopped the run.
+    """
+    return serve(main, drain_timeout=drain_timeout).value

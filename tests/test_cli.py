@@ -286,6 +286,27 @@ def test_tail_several_topics_through_lookupd(nsqlookupd: Any, nsqd_factory: Any)
     ]
 
 
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_tail_stopped_by_a_signal_exits_as_shells_expect(
+    nsqd: Any, signum: signal.Signals, status: int
+) -> None:
+    nsqd.http_pub("stopme", b"one")
+    nsqd.create_channel("stopme", "tail")
+    proc = start(
+        tail, "--topic", "stopme", "--channel", "tail", "--nsqd-tcp-address", nsqd.tcp_address
+    )
+
+    def printed() -> bool:
+        stats = channel_stats(nsqd, "stopme", "tail")
+        return bool(stats["clients"]) and stats["depth"] == 0 and stats["in_flight_count"] == 0
+
+    wait_until(printed, timeout=10)
+    started = time.monotonic()
+    out, err = stop(proc, signum)
+    assert proc.returncode == status, err.decode()
+    assert out == b"one\n" and time.monotonic() - started < 5
+
+
 def test_tail_says_when_it_was_given_the_http_port(nsqd: Any) -> None:
     result = run(tail, "--topic", "t", "--nsqd-tcp-address", nsqd.http_address)
     assert result.returncode == 1
@@ -321,7 +342,7 @@ def test_pub_delimiter_and_rate(nsqd: Any) -> None:
     assert sorted(back.stdout.split(b"\n")) == [b"", b"a", b"b", b"c", b"d", b"e"]
 
 
-def test_pub_ctrl_c_publishes_what_it_read_and_exits_1(nsqd: Any) -> None:
+def test_pub_ctrl_c_publishes_what_it_read_and_exits_130(nsqd: Any) -> None:
     proc = subprocess.Popen(
         command(pub, "--topic", "slow", "--nsqd-tcp-address", nsqd.tcp_address, "--rate", "5"),
         stdin=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -332,7 +353,7 @@ def test_pub_ctrl_c_publishes_what_it_read_and_exits_1(nsqd: Any) -> None:
     wait_until(lambda: published(nsqd, "slow") >= 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 1
+    assert proc.returncode == 130  # 128 + SIGINT, as shells expect after Ctrl-C
     match = re.search(rb"(\d+) messages read, (\d+) confirmed, 0 failed .*\(interrupted", err)
     assert match, err.decode()
     assert match[1] == match[2] and 2 <= int(match[2]) < 20
@@ -369,7 +390,7 @@ def test_to_file_writes_every_message(nsqd: Any, tmp_path: Path) -> None:
     )  # fmt: skip
     wait_until(lambda: newline_count(tmp_path) == 500, timeout=20)
     wait_until(lambda: channel_stats(nsqd, "archive", "nsq_to_file")["in_flight_count"] == 0)
-    out, err = stop(proc, signal.SIGINT)
+    out, err = stop(proc, signal.SIGTERM)  # a service stop: a clean drain exits 0
     assert proc.returncode == 0, err.decode()
     assert out == b""
     (path,) = tmp_path.iterdir()
@@ -395,7 +416,7 @@ def test_to_file_gzip_with_rotation_by_size(nsqd: Any, tmp_path: Path) -> None:
         ),
         timeout=20,
     )
-    _, err = stop(proc, signal.SIGINT)
+    _, err = stop(proc, signal.SIGTERM)
     assert proc.returncode == 0, err.decode()
     files = sorted(tmp_path.iterdir())
     assert len(files) >= 3, files
@@ -414,7 +435,7 @@ def test_to_file_sigint_mid_run_loses_nothing(nsqd: Any, tmp_path: Path) -> None
     )  # fmt: skip
     wait_until(lambda: newline_count(tmp_path) >= 300, timeout=20)
     _, err = stop(proc, signal.SIGINT)
-    assert proc.returncode == 0, err.decode()
+    assert proc.returncode == 130, err.decode()  # Ctrl-C: 128 + SIGINT, after the drain
     assert "received SIGINT: draining" in err.decode()
     lines = file_lines(tmp_path)
     assert len(lines) == len(set(lines))  # nothing written twice

@@ -626,3 +626,33 @@ async def test_async_with_starts_and_closes_the_reader(nsqd) -> None:
         await eventually(lambda: len(got) == 3, timeout=5)
     assert reader.is_closing and reader.connections == {}
     assert nsqd.channel_stats("with", "c")["depth"] == 0
+
+
+async def test_reader_totals_and_hold_times(nsqd) -> None:
+    await publish(nsqd.tcp_address, "hold", numbered(10))
+    reader = Reader(
+        "hold", "c", nsqd_tcp_addresses=nsqd.tcp_address, max_in_flight=10,
+        measure_hold_times=True, default_requeue_delay=0,
+    )  # fmt: skip
+
+    async def slow(value: bytes) -> bytes:
+        await asyncio.sleep(0.05)
+        if value == b"3" and not retried:
+            retried.append(value)
+            raise ValueError("once")
+        return value
+
+    retried: list[bytes] = []
+    done: list[bytes] = []
+    reader.messages.pipe(nsq.process_async(slow, backoff=False)).subscribe(
+        lambda m: done.append(m.value)
+    )
+    await eventually(lambda: len(done) == 10, timeout=10)
+    stats = reader.stats()
+    await reader.close()
+    assert (stats["received"], stats["finished"], stats["requeued"]) == (11, 10, 1)
+    assert stats["connects"] == 1
+    hold = reader.hold_times
+    assert hold is not None and hold.count == 11 and hold.sum >= 11 * 0.05
+    assert hold.cumulative()[-1] == (float("inf"), 11)
+    assert dict(hold.cumulative())[0.025] == 0  # nothing was held for less than 50 ms

@@ -345,9 +345,11 @@ def test_is_starved() -> None:
     a = FakePeer("a")
     flow.add(a)
     assert not flow.is_starved()
-    a.in_flight = 7
+    a.in_flight = 8  # below 85 % of RDY 10 (pynsq compares 8 >= 8.5)
     assert not flow.is_starved()
-    a.in_flight = 8  # 85 % of RDY 10
+    a.in_flight = 9
+    assert flow.is_starved()
+    flow.set_max_in_flight(0)  # RDY 0 with messages held: nothing more will come
     assert flow.is_starved()
 
 

@@ -2,7 +2,6 @@ import rxnsq.compat as nsq
 
 buf = []
 
-
 def process_message(message):
     global buf
     message.enable_async()
@@ -14,14 +13,9 @@ def process_message(message):
             msg.finish()
         buf = []
     else:
-        print("deferring processing")
+        print('deferring processing')
 
-
-r = nsq.Reader(
-    message_handler=process_message,
-    lookupd_http_addresses=["http://127.0.0.1:4161"],
-    topic="nsq_reader",
-    channel="async",
-    max_in_flight=9,
-)
+r = nsq.Reader(message_handler=process_message,
+        lookupd_http_addresses=['http://127.0.0.1:4161'],
+        topic='nsq_reader', channel='async', max_in_flight=9)
 nsq.run()

@@ -14,6 +14,7 @@ import difflib
 import inspect
 import logging
 import re
+import signal
 import ssl
 import sys
 import time
@@ -498,21 +499,24 @@ def run_tool(
     prog: str,
     main: Coroutine[Any, Any, int],
     *,
-    drain_timeout: float = 30.0,
+    drain_timeout: float = runner.DEFAULT_DRAIN_TIMEOUT,
     interrupted: int = 0,
 ) -> int:
-    """Run ``main`` with :func:`rxnsq.runner.run` (SIGINT/SIGTERM drain every Reader and
-    Writer, then stop) and turn the outcome into an exit code: main's return value,
-    ``interrupted`` after a signal, 1 with a one-line message for an rxnsq error."""
+    """Run ``main`` with :func:`rxnsq.runner.serve` (SIGINT/SIGTERM drain every Reader and
+    Writer, then stop) and turn the outcome into an exit code, as shells expect: main's
+    return value; after SIGINT (Ctrl-C) 130; after SIGTERM ``interrupted`` (a clean drain;
+    143 if a second signal cut it short); 1 with a one-line message for an rxnsq error."""
     try:
-        result = runner.run(main, drain_timeout=drain_timeout)
+        outcome = runner.serve(main, drain_timeout=drain_timeout)
     except (NSQError, ToolError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C while draining
+    if outcome.signal is signal.SIGINT:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
-    return interrupted if result is None else result
+    if outcome.signal is signal.SIGTERM:
+        return 143 if outcome.hurried else interrupted
+    return interrupted if outcome.value is None else outcome.value
 
 
 def resolver(done: asyncio.Future[None]) -> tuple[Callable[[Exception], None], Callable[[], None]]:

@@ -35,6 +35,7 @@ from typing import BinaryIO
 import reactivex.operators as rx
 
 from .. import ops as nsq
+from .. import runner
 from ..message import Message
 from ..reader import Reader
 from ._common import (
@@ -290,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     readers = make_readers(parser, args, args.channel, max_in_flight=args.max_in_flight)
     loggers = [FileLogger(topic, args, host) for topic in args.topic]
     # a drain outlasting the batch timer would requeue messages about to be written
-    return run_tool(PROG, archive(readers, loggers, args), drain_timeout=30.0 + args.sync_interval)
+    return run_tool(
+        PROG,
+        archive(readers, loggers, args),
+        drain_timeout=runner.DEFAULT_DRAIN_TIMEOUT + args.sync_interval,
+    )
 
 
 if __name__ == "__main__":

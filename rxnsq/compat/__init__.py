@@ -81,7 +81,9 @@ __all__ = [
 ]
 
 
-def run(drain_timeout: float = 30.0) -> None:
-    """Run the IOLoop until SIGTERM or SIGINT, then close every Reader and Writer gracefully
-    (pynsq stopped the loop without draining in-flight messages)."""
+def run(drain_timeout: float = runner.DEFAULT_DRAIN_TIMEOUT) -> None:
+    """Run the IOLoop until SIGTERM or SIGINT, then stop fetching at once (RDY 0, CLS), give
+    unsettled messages up to ``drain_timeout`` seconds (8 by default, inside a container's
+    grace period), requeue the rest, and return; a second signal returns at once. (pynsq
+    stopped the loop at once, leaving in-flight messages to time out.)"""
     runner.run(drain_timeout=drain_timeout)

@@ -21,6 +21,8 @@ class BackoffTimer:
         short_length: int = 10,
         long_length: int = 250,
     ) -> None:
+        if not all(isinstance(v, int | float | Decimal) for v in (min_interval, max_interval)):
+            raise TypeError("min_interval and max_interval must be numbers")
         if not 0 <= min_interval <= max_interval:
             raise ValueError("need 0 <= min_interval <= max_interval")
         if not 0 <= ratio <= 1:
@@ -34,20 +36,30 @@ class BackoffTimer:
         self.long_unit = self.max_long_timer / long_length
         self.short_interval = Decimal(0)
         self.long_interval = Decimal(0)
+        self.interval = 0.0
+        self.update_interval()
 
     def success(self) -> None:
-        """One step back toward ``min_interval``."""
+        """One step back toward ``min_interval`` (nothing at an interval of 0)."""
+        if self.interval == 0.0:
+            return
         self.short_interval = max(self.short_interval - self.short_unit, Decimal(0))
         self.long_interval = max(self.long_interval - self.long_unit, Decimal(0))
+        self.update_interval()
 
     def failure(self) -> None:
         """One step toward ``max_interval``."""
         self.short_interval = min(self.short_interval + self.short_unit, self.max_short_timer)
         self.long_interval = min(self.long_interval + self.long_unit, self.max_long_timer)
+        self.update_interval()
+
+    def update_interval(self) -> None:
+        """Recompute ``interval`` (seconds, a float) from the two parts."""
+        self.interval = float(self.min_interval + self.short_interval + self.long_interval)
 
     def get_interval(self) -> float:
         """The current interval in seconds."""
-        return float(self.min_interval + self.short_interval + self.long_interval)
+        return self.interval
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AUTH",
@@ -78,6 +81,10 @@ class EventedMixin:
         listeners.remove(callback)
 
     def trigger(self, name: str, *args: Any, **kwargs: Any) -> None:
-        """Call every listener of ``name``."""
+        """Call every listener of ``name``, in order. A listener that raises is logged and the
+        others are still called: an event listener never takes a connection down."""
         for callback in list(self.__listeners.get(name, ())):
-            callback(*args, **kwargs)
+            try:
+                callback(*args, **kwargs)
+            except Exception:
+                logger.exception("a listener of the %r event raised: %r", name, callback)

@@ -11,16 +11,42 @@ __all__ = ["Message"]
 
 
 class Message(core.Message[bytes], EventedMixin):
-    """A pynsq-shaped message sharing the delivery of an rxnsq message.
+    """A pynsq-shaped message.
+
+    ``Message(id, body, timestamp, attempts)`` builds one by hand, as a handler's unit test
+    does: ``finish()``/``requeue()``/``touch()`` work, are recorded (``message.commands``) and
+    trigger their events; nothing is sent. Messages a Reader delivers share the delivery of
+    the rxnsq message underneath (:meth:`wrap`).
 
     Differences from pynsq: responding twice is a no-op returning False (pynsq asserted);
     ``requeue(delay=...)`` honours fractions of a second (pynsq dropped them); ``attempts``
     is unsigned.
     """
 
-    def __init__(self, message: core.Message[Any]) -> None:
-        core.Message.__init__(self, message.body, message.timestamp, message.body, message.delivery)
+    def __init__(self, id: bytes, body: bytes, timestamp: int, attempts: int) -> None:
+        settler = core.DetachedSettler()
+        built = settler.message(body, message_id=id, attempts=attempts, timestamp=timestamp)
+        core.Message.__init__(self, body, timestamp, body, built.delivery)
         EventedMixin.__init__(self)
+        self._settler: core.DetachedSettler | None = settler
+
+    @classmethod
+    def wrap(cls, message: core.Message[Any]) -> Message:
+        """The pynsq view of a delivered message (same delivery: settling either settles both)."""
+        if isinstance(message, Message):
+            return message
+        wrapped = cls.__new__(cls)
+        core.Message.__init__(
+            wrapped, message.body, message.timestamp, message.body, message.delivery
+        )
+        EventedMixin.__init__(wrapped)
+        wrapped._settler = None
+        return wrapped
+
+    @property
+    def commands(self) -> list[core.Command]:
+        """For a message built by hand: the FIN/REQ/TOUCH it would have sent."""
+        return list(self._settler.commands) if self._settler is not None else []
 
     def enable_async(self) -> None:
         """Say the message will be settled later, outside the handler."""

@@ -14,6 +14,7 @@ from typing import Any
 from .. import errors
 from .. import protocol as core
 from ..protocol import FRAME_TYPE_ERROR, FRAME_TYPE_MESSAGE, FRAME_TYPE_RESPONSE, MAGIC_V2
+from .message import Message
 
 __all__ = [
     "FRAME_TYPE_ERROR",
@@ -115,6 +116,8 @@ def unpack_response(data: bytes) -> tuple[int, bytes]:
     return frame_type, data[4:]
 
 
-def decode_message(data: bytes) -> core.RawMessage:
-    """A message frame's data to ``id``, ``body``, ``attempts``, ``timestamp``."""
-    return core.decode_message(data)
+def decode_message(data: bytes) -> Message:
+    """A message frame's data as a :class:`Message` (``id``, ``body``, ``timestamp``,
+    ``attempts``; ``finish()``/``requeue()`` are recorded, as no connection delivered it)."""
+    raw = core.decode_message(data)
+    return Message(raw.id, raw.body, raw.timestamp, raw.attempts)

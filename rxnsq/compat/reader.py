@@ -1,4 +1,11 @@
-"""pynsq's ``Reader`` (handler, hooks, ``set_max_in_flight``...) over :class:`rxnsq.Reader`."""
+"""pynsq's ``Reader`` (handler, hooks, attributes, ``set_max_in_flight``...) over
+:class:`rxnsq.Reader`.
+
+Every hook a subclass overrides runs inside a boundary: what it raises is logged with the
+hook's name and the connection's id and changes nothing else (a failing message handler or
+``process_message`` requeues the message, as in pynsq; a failing ``giving_up`` still finishes
+it). Hooks receive :class:`~rxnsq.compat.AsyncConn` views with pynsq's attributes, read live.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tornado import gen
+from tornado.httpclient import AsyncHTTPClient
 from tornado.ioloop import IOLoop
 
 from .. import reader as core
 from ..connection import Connection
+from ..flow import BackoffState
 from ..message import Message as CoreMessage
-from .backoff_timer import PynsqBackoff
+from .backoff_timer import BackoffTimer, PynsqBackoff
+from .conn import AsyncConn
 from .message import Message
 from .options import connection_options
 
@@ -22,20 +32,26 @@ __all__ = ["Reader"]
 
 logger = logging.getLogger(__name__)
 
+#: pynsq retried a connection that failed for good (TLS, AUTH, wrong port) every 15 s.
+FATAL_RETRY_INTERVAL = 15.0
+#: pynsq asked ``disabled()`` again this often while it said True.
+DISABLED_RECHECK_INTERVAL = 15.0
+
 
 class Reader:
     """Consume a topic/channel with ``message_handler(message)``, as in pynsq.
 
     The handler returns True (finish) or False (requeue with backoff), raises (requeue), or
     returns an awaitable whose truthy result finishes. Subclasses may override the hooks
-    ``preprocess_message``, ``validate_message``, ``process_message``, ``giving_up`` and
-    ``heartbeat``. ``reader.reader`` is the rxnsq Reader underneath.
+    ``preprocess_message``, ``validate_message``, ``process_message``, ``giving_up``,
+    ``heartbeat`` and ``disabled``. ``reader.reader`` is the rxnsq Reader underneath.
 
     Differences from pynsq: a handler returning None finishes the message (pynsq left it
     unanswered until it timed out) unless it called ``enable_async()``; what
     ``preprocess_message`` returns is what the handler gets; ``close()`` really stops (RDY 0,
     CLS, drain, no timers left) and can be awaited; tuples and sets of addresses work;
-    options are checked with errors, not asserts.
+    options are checked with errors, not asserts. ``docs/migrating-from-pynsq.md`` lists
+    every attribute.
     """
 
     def __init__(
@@ -62,6 +78,12 @@ class Reader:
             self.set_message_handler(message_handler)
         self.name = name or f"{topic}:{channel}"
         self.topic, self.channel = topic, channel
+        self.conn_kwargs = dict(kwargs)
+        self.requeue_delay = requeue_delay
+        self.max_backoff_duration = max_backoff_duration
+        self.backoff_timer = BackoffTimer(0, max_backoff_duration)
+        self.io_loop = IOLoop.current()
+        self.http_client = AsyncHTTPClient()
         self.reader = core.Reader(
             topic,
             channel,
@@ -78,13 +100,21 @@ class Reader:
             backoff=PynsqBackoff(max_backoff_duration),
             default_requeue_delay=requeue_delay,
             max_requeue_delay=3600.0,
-            giving_up=lambda message: self.giving_up(_compat(message)),
+            fatal_retry_interval=FATAL_RETRY_INTERVAL,
+            giving_up=self._giving_up,
             **options,
         )
+        self._max_in_flight = max_in_flight
         self._subscription: Any = None
         self._warned_none = False
+        self._disabled_timer: asyncio.TimerHandle | None = None
+        self.connection_attempts: dict[str, float] = {}
+        #: pynsq's periodic callbacks; rxnsq polls and redistributes with its own timers.
+        self.query_periodic = None
+        self.redist_periodic = None
+        self.random_rdy_ts = 0.0
         # like pynsq: bound to the IOLoop now, started when it runs
-        IOLoop.current().add_callback(self._run)
+        self.io_loop.add_callback(self._run)
 
     def __repr__(self) -> str:
         return f"<compat.Reader {self.name}>"
@@ -95,30 +125,76 @@ class Reader:
         if self._subscription is not None or self.reader.is_closing:
             return
         self.reader.events.subscribe(self._on_event)
+        self.reader.heartbeats.subscribe(self._on_heartbeat)
+        self.reader.backoff.subscribe(self._on_backoff)
         self._subscription = self.reader.messages.subscribe(self._on_message)
+        self._check_disabled()
         asyncio.get_running_loop().create_task(self.reader.start(require_nsqd=False))
         logger.info("[%s] starting reader", self.name)
 
+    # --- the boundary around hooks ---------------------------------------------------------
+
+    def _hook_failed(self, hook: str, conn: AsyncConn | None) -> None:
+        where = f" ({conn.id})" if conn is not None else ""
+        logger.exception("[%s] the %s hook raised%s; carrying on", self.name, hook, where)
+
+    def _view(self, conn: Connection) -> AsyncConn:
+        return AsyncConn.view(conn, self.requeue_delay)
+
     def _on_event(self, event: core.ReaderEvent) -> None:
-        if event.kind == "connected":
-            conn = self.reader.connections.get(event.address)
-            if conn is not None:
+        if event.kind in ("connected", "connect_failed"):
+            self.connection_attempts[event.address] = self.io_loop.time()
 
-                def beat(_at: float, conn: Connection = conn) -> None:
-                    self.heartbeat(conn)
+    def _on_heartbeat(self, beat: core.Heartbeat) -> None:
+        conn = self.reader.connections.get(beat.address)
+        if conn is None:
+            return
+        view = self._view(conn)
+        try:
+            self.heartbeat(view)
+        except Exception:
+            self._hook_failed("heartbeat", view)
 
-                conn.heartbeats.subscribe(beat)
+    def _on_backoff(self, state: BackoffState) -> None:
+        timer = BackoffTimer(0, self.max_backoff_duration)
+        for _ in range(state.level):
+            timer.failure()
+        self.backoff_timer = timer
+
+    def _giving_up(self, core_message: CoreMessage[bytes]) -> None:
+        # a raise reaches the core, which reports it and finishes the message all the same
+        self.giving_up(Message.wrap(core_message))
+
+    def _check_disabled(self) -> None:
+        """Consult ``disabled()`` as pynsq does: while True, no RDY (asked again in 15 s)."""
+        self._disabled_timer = None
+        if self.reader.is_closing:
+            return
+        try:
+            disabled = bool(type(self).disabled())
+        except Exception:
+            self._hook_failed("disabled", None)
+            disabled = False
+        self.reader.set_max_in_flight(0 if disabled else self._max_in_flight)
+        if disabled or type(self).disabled is not Reader.disabled:
+            self._disabled_timer = asyncio.get_running_loop().call_later(
+                DISABLED_RECHECK_INTERVAL, self._check_disabled
+            )
 
     def _on_message(self, core_message: CoreMessage[bytes]) -> None:
-        message = Message(core_message)
+        message = Message.wrap(core_message)
+        view = self._view_of(core_message)
+        hook = "preprocess_message"
         try:
             prepared = self.preprocess_message(message)
+            hook = "validate_message"
             if not self.validate_message(prepared):
                 message.finish()
                 return
+            hook = "process_message"
             result = self.process_message(prepared)
         except Exception:
-            logger.exception("[%s] uncaught exception while handling message", self.name)
+            self._hook_failed(hook, view)
             message.requeue()
             return
         if result is not None and not isinstance(result, bool) and inspect.isawaitable(result):
@@ -142,6 +218,10 @@ class Reader:
         else:
             message.requeue()
 
+    def _view_of(self, message: CoreMessage[Any]) -> AsyncConn | None:
+        conn = message.connection
+        return self._view(conn) if isinstance(conn, Connection) else None
+
     def _settle_later(self, message: Message, future: asyncio.Future[Any]) -> None:
         if message.has_responded():
             return
@@ -153,12 +233,7 @@ class Reader:
         else:
             message.requeue()
 
-    # pynsq's API
-
-    def set_message_handler(self, message_handler: Callable[[Message], Any]) -> None:
-        if not callable(message_handler):
-            raise TypeError("message_handler must be callable")
-        self.message_handler = message_handler
+    # --- pynsq's hooks ------------------------------------------------------------------------
 
     def process_message(self, message: Any) -> Any:
         """Hook: handle one message; by default the message handler."""
@@ -182,18 +257,28 @@ class Reader:
             message.attempts,
         )
 
-    def heartbeat(self, conn: Connection) -> None:
+    def heartbeat(self, conn: AsyncConn) -> None:
         """Hook: called on every heartbeat of a connection."""
 
     @classmethod
     def disabled(cls) -> bool:
-        """Deprecated pynsq hook; not consulted (use ``set_max_in_flight(0)``)."""
+        """Hook (deprecated in pynsq): while True, the reader asks for no messages; consulted
+        at start and every 15 s. ``set_max_in_flight(0)`` is the direct way."""
         return False
 
+    # --- pynsq's methods and attributes ------------------------------------------------------
+
+    def set_message_handler(self, message_handler: Callable[[Message], Any]) -> None:
+        if not callable(message_handler):
+            raise TypeError("message_handler must be callable")
+        self.message_handler = message_handler
+
     def is_starved(self) -> bool:
+        """Whether some connection holds 85 % or more of its RDY (time to flush a batch)."""
         return self.reader.is_starved()
 
     def set_max_in_flight(self, max_in_flight: int) -> None:
+        self._max_in_flight = max_in_flight
         self.reader.set_max_in_flight(max_in_flight)
 
     @property
@@ -201,16 +286,76 @@ class Reader:
         return self.reader.max_in_flight
 
     @property
-    def conns(self) -> dict[str, Connection]:
-        return self.reader.connections
+    def max_tries(self) -> int:
+        return self.reader.max_tries
+
+    @property
+    def nsqd_tcp_addresses(self) -> list[str]:
+        return list(self.reader.nsqd_tcp_addresses)
+
+    @property
+    def lookupd_http_addresses(self) -> list[str]:
+        return list(self.reader.lookupd_http_addresses)
+
+    @property
+    def lookupd_poll_interval(self) -> float:
+        return self.reader.lookupd_poll_interval
+
+    @property
+    def lookupd_poll_jitter(self) -> float:
+        return self.reader.lookupd_poll_jitter
+
+    @property
+    def lookupd_connect_timeout(self) -> float:
+        return self.reader.lookupd_connect_timeout
+
+    @property
+    def lookupd_request_timeout(self) -> float:
+        return self.reader.lookupd_request_timeout
+
+    @property
+    def low_rdy_idle_timeout(self) -> float:
+        return self.reader.low_rdy_idle_timeout
+
+    @property
+    def lookupd_query_index(self) -> int:
+        """Which nsqlookupd the next poll asks."""
+        return self.reader.lookupd_query_index
+
+    @property
+    def conns(self) -> dict[str, AsyncConn]:
+        """The ready connections by ``host:port``, as AsyncConn views."""
+        views = (self._view(conn) for conn in self.reader.connections.values())
+        return {view.id: view for view in views}
 
     @property
     def total_rdy(self) -> int:
         return self.reader.total_rdy
 
-    def connect_to_nsqd(self, host: str, port: int) -> None:
-        """Add an nsqd by address (kept and reconnected like the configured ones)."""
-        self.reader.add_nsqd(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    @property
+    def backoff_block(self) -> bool:
+        """Whether a backoff wait is under way (RDY 0 everywhere)."""
+        flow = self.reader.flow
+        return flow is not None and flow.state.phase == "blocked"
+
+    @property
+    def backoff_block_completed(self) -> bool:
+        """Whether the last backoff is over (full RDY restored)."""
+        flow = self.reader.flow
+        return flow is None or flow.state.phase == "normal"
+
+    @property
+    def need_rdy_redistributed(self) -> bool:
+        flow = self.reader.flow
+        return flow is not None and flow.needs_redistribution
+
+    def connect_to_nsqd(self, host: str, port: int) -> AsyncConn | None:
+        """Add an nsqd by address (kept and reconnected like the configured ones); returns
+        its AsyncConn when already connected, else None (the connection follows)."""
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.reader.add_nsqd(address)
+        conn = self.reader.connections.get(address)
+        return self._view(conn) if conn is not None else None
 
     def query_lookupd(self) -> None:
         """Ask nsqlookupd for producers now."""
@@ -220,16 +365,14 @@ class Reader:
         """Stop: RDY 0, CLS, let in-flight messages settle, close. Await it to wait."""
         if self._subscription is not None:
             self._subscription.dispose()
+        if self._disabled_timer is not None:
+            self._disabled_timer.cancel()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            IOLoop.current().add_callback(self.reader.close)
+            self.io_loop.add_callback(self.reader.close)
             return None
         return loop.create_task(self.reader.close())
-
-
-def _compat(message: CoreMessage[Any]) -> Message:
-    return message if isinstance(message, Message) else Message(message)
 
 
 def _addresses(value: str | Sequence[str] | None) -> tuple[str, ...]:

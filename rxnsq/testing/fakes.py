@@ -9,27 +9,16 @@ For anything that crosses the wire, test against a real nsqd (:class:`NsqdProces
 from __future__ import annotations
 
 import itertools
-import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import reactivex
 
-from ..message import ConsumerContext, Delivery, Message
+from ..message import Command, ConsumerContext, DetachedSettler, Message
 from ..streams import Broadcast
 
 __all__ = ["Command", "FakeConsumer", "RecordingSettler"]
 
 _ids = itertools.count(1)
-
-
-class Command(NamedTuple):
-    """What a message's settlement would have sent: ``FIN``, ``REQ`` or ``TOUCH``, the id,
-    and for REQ the delay asked for (None: the reader's default) and whether it backs off."""
-
-    name: str
-    id: bytes
-    delay: float | None = None
-    backoff: bool | None = None
 
 
 class FakeConsumer:
@@ -63,8 +52,9 @@ class FakeConsumer:
         self.errors.append((error, stage, message))
 
 
-class RecordingSettler:
-    """A :class:`~rxnsq.message.Settler` that records each settlement in ``commands``."""
+class RecordingSettler(DetachedSettler):
+    """A :class:`~rxnsq.message.Settler` that records each settlement in ``commands``, and
+    makes messages with fresh ids (``message(body)``)."""
 
     def __init__(
         self,
@@ -72,18 +62,7 @@ class RecordingSettler:
         consumer: ConsumerContext | None = None,
         msg_timeout: float = 60.0,
     ) -> None:
-        self.address = address
-        self._consumer = consumer
-        self._msg_timeout = msg_timeout
-        self.commands: list[Command] = []
-
-    @property
-    def consumer(self) -> ConsumerContext | None:
-        return self._consumer
-
-    @property
-    def msg_timeout(self) -> float:
-        return self._msg_timeout
+        super().__init__(address, consumer, msg_timeout)
 
     def message(
         self,
@@ -93,22 +72,7 @@ class RecordingSettler:
         attempts: int = 1,
         timestamp: int | None = None,
     ) -> Message[bytes]:
-        """A delivered message settled through this settler."""
+        """A delivered message settled through this settler (a fresh id unless given)."""
         if message_id is None:
             message_id = b"%016d" % next(_ids)
-        delivery = Delivery(self, message_id, attempts, len(body), 0.0)
-        stamp = time.time_ns() if timestamp is None else timestamp
-        return Message(body, stamp, body, delivery)
-
-    def settle_fin(self, message: Message[Any]) -> None:
-        self.commands.append(Command("FIN", message.id))
-
-    def settle_req(self, message: Message[Any], delay: float | None, backoff: bool) -> None:
-        self.commands.append(Command("REQ", message.id, delay, backoff))
-
-    def settle_touch(self, message: Message[Any]) -> None:
-        self.commands.append(Command("TOUCH", message.id))
-
-    def names(self) -> list[str]:
-        """The command names in order, e.g. ``["TOUCH", "FIN", "FIN"]``."""
-        return [command.name for command in self.commands]
+        return super().message(body, message_id=message_id, attempts=attempts, timestamp=timestamp)
