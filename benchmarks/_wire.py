@@ -45,6 +45,24 @@ def channel_depth(base: str, topic: str, channel: str) -> int:
     return 0
 
 
+def channel_stats(base: str, topic: str, channel: str) -> dict[str, int]:
+    """What a finished consume run must leave at 0: depth, in flight, requeued, timed out."""
+    stats: dict[str, Any] = json.loads(
+        http("GET", base, "/stats", format="json", topic=topic, channel=channel)
+    )
+    for t in stats.get("topics") or []:
+        for c in t.get("channels") or []:
+            if c["channel_name"] == channel:
+                return {
+                    "depth": int(c["depth"]),
+                    "in_flight": int(c["in_flight_count"]),
+                    "requeued": int(c["requeue_count"]),
+                    "timed_out": int(c["timeout_count"]),
+                    "deferred": int(c["deferred_count"]),
+                }
+    raise RuntimeError(f"no channel {topic}/{channel} in nsqd's /stats")
+
+
 def _read_frame(sock: socket.socket, buffer: bytearray) -> tuple[int, bytes]:
     while True:
         if len(buffer) >= 8:

@@ -1,6 +1,6 @@
 """Benchmarks: rxnsq against pynsq and the go-nsq reference client, on one nsqd, in one run.
 
-    python -m benchmarks.run                 # the full run (about 10 minutes on 2 cores)
+    python -m benchmarks.run                 # the full run (about 30 minutes on 2 cores)
     python -m benchmarks.run --quick         # tiny counts, one repetition (a smoke test)
     python -m benchmarks.run --clients rxnsq,go-nsq --scenarios consume_mif2500 --reps 5
     python -m benchmarks.run --profile consume_mif2500,publish_sink   # + py-spy/pyinstrument
@@ -13,6 +13,13 @@ MPUBs first; every scenario uses a fresh topic, deleted afterwards. Throughput, 
 RSS are measured by the worker itself over the measured interval (first message to last, or
 first publish to last confirmation): CPU from ``getrusage(RUSAGE_SELF)``, peak RSS from
 ``VmHWM``. Results go to ``benchmarks/results/latest.json`` and ``latest.md``.
+
+Every row compares the same wire shape (PUB with PUB, MPUB of 100 with MPUB of 100, a sink of
+``max_batch`` 100 beside the others' MPUB of 100); each timed run is meant to last at least
+2 s (shorter ones are listed in the notes); each consume run drains the whole backlog and ends
+with a check of nsqd's ``/stats`` (depth, in flight, requeued and timed out all 0), a failed
+check fails the run. nsq's own ``bench_reader``/``bench_writer`` (v1.3.0, built by
+``scripts/install-nsq --bench``) run beside the consume and MPUB rows as a reference column.
 
 pynsq runs from the project's interpreter when it can import it (``pip install -e
 '.[bench]'``), else from ``benchmarks/.venv-pynsq``, which the runner creates. The go-nsq
@@ -59,10 +66,17 @@ PYNSQ_VENV = HERE / ".venv-pynsq"
 RESULTS = HERE / "results"
 PYNSQ_REQUIREMENT = "pynsq>=0.9,<0.10"
 
-RXNSQ, PYNSQ, GO, COMPAT = "rxnsq", "pynsq", "go-nsq", "rxnsq.compat"
+RXNSQ, PYNSQ, GO, COMPAT, NSQ = "rxnsq", "pynsq", "go-nsq", "rxnsq.compat", "nsq-bench"
 #: rxnsq-only scenarios and the scenario whose pynsq/go-nsq figures they are compared with
-COMPARED_WITH = {"consume_batch500": "consume_mif2500", "publish_sink_direct": "publish_single"}
+COMPARED_WITH = {
+    "consume_batch500": "consume_mif2500",
+    "publish_sink": "publish_mpub100",
+    "publish_sink_direct": "publish_mpub100",
+    "publish_sink_send": "publish_mpub100",
+}
 ALL_CLIENTS = (PYNSQ, RXNSQ, GO, COMPAT)
+#: at least this long, each timed run (shorter ones are named in the notes)
+MIN_SECONDS = 2.0
 
 
 def log(message: str) -> None:
@@ -74,15 +88,20 @@ def log(message: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    count: int = 200_000  # consume backlog, publish count
-    count_mif1: int = 200_000  # consume backlog at max_in_flight 1 (one round trip each)
-    pub_count: int = 200_000
-    window: int = 5_000  # publish: at most this many messages unconfirmed
+    count: int = 600_000  # consume backlog measured (the margin is consumed too)
+    count_mif1: int = 40_000  # consume at max_in_flight 1 (one round trip each)
+    pub_count: int = 400_000  # single PUBs
+    mpub_count: int = 5_000_000  # MPUB of 100 and the sink rows
+    sink_loop_count: int = 1_000_000  # the plain loop into a sink
+    window: int = 5_000  # single PUBs: at most this many messages unconfirmed
+    mpub_window: int = 10  # MPUB of 100 and the sinks: at most this many commands in flight
     latency_rate: int = 2_000
     latency_seconds: float = 5.0
     latency_mif: int = 200
     drain_small: int = 10_000
     drain_large: int = 1_000_000
+    bench_seconds: float = 2.5  # nsq's bench_reader / bench_writer run for this long
+    bench_backlog: int = 2_000_000  # bench_reader's backlog (more than it reads in that time)
     reps: int = 3
     drain_reps: int = 3
 
@@ -92,11 +111,15 @@ class Settings:
             count=2_000,
             count_mif1=500,
             pub_count=2_000,
+            mpub_count=5_000,
+            sink_loop_count=5_000,
             window=1_000,
             latency_rate=500,
             latency_seconds=1.0,
             drain_small=1_000,
             drain_large=5_000,
+            bench_seconds=0.2,
+            bench_backlog=300_000,
             reps=1,
             drain_reps=1,
         )
@@ -113,11 +136,15 @@ class Scenario:
     batch: int = 100
     reps: int = 3
     obuf: int = 0  # IDENTIFY output_buffer_size for every reader (0: each client's default)
+    window: int = 0  # publish: most messages unconfirmed (0: the settings' window)
+    bench: tuple[str, ...] = ()  # nsq's bench tool and its arguments: the reference column
+    timed: bool = True  # False: a row for its RSS only (too short to time)
 
 
 def scenarios(s: Settings) -> list[Scenario]:
     per_message = {PYNSQ: "consume", RXNSQ: "consume", GO: "consume", COMPAT: "consume"}
     latency = {PYNSQ: "latency", RXNSQ: "latency", GO: "latency", COMPAT: "latency"}
+    mpub_window = s.mpub_window * 100
     return [
         Scenario(
             "consume_mif1",
@@ -136,6 +163,7 @@ def scenarios(s: Settings) -> list[Scenario]:
             per_message,
             mif=200,
             reps=s.reps,
+            bench=("bench_reader", "-rdy=200"),
         ),
         Scenario(
             "consume_mif2500",
@@ -145,6 +173,7 @@ def scenarios(s: Settings) -> list[Scenario]:
             per_message,
             mif=2500,
             reps=s.reps,
+            bench=("bench_reader", "-rdy=2500"),
         ),
         Scenario(
             "consume_batch500",
@@ -157,27 +186,53 @@ def scenarios(s: Settings) -> list[Scenario]:
             reps=s.reps,
         ),
         Scenario(
-            "publish_single",
-            "publish single messages (rxnsq: sink fed item by item)",
+            "publish_pub",
+            f"publish single messages: PUB, pipelined, at most {s.window:,} unconfirmed",
             "publish",
             s.pub_count,
-            {PYNSQ: "pub", RXNSQ: "sink", GO: "pub", COMPAT: "pub"},
+            {PYNSQ: "pub", RXNSQ: "pub", GO: "pub", COMPAT: "pub"},
             reps=s.reps,
-        ),
-        Scenario(
-            "publish_sink_direct",
-            "publish: sink.on_next called directly (no RxPY source)",
-            "publish",
-            s.pub_count,
-            {RXNSQ: "sink_direct"},
-            reps=s.reps,
+            bench=("bench_writer", "-batch-size=1"),
         ),
         Scenario(
             "publish_mpub100",
-            "publish MPUB of 100",
+            f"publish MPUB of 100, {s.mpub_window} in flight",
             "publish",
-            s.pub_count,
+            s.mpub_count,
             {PYNSQ: "mpub", RXNSQ: "mpub", GO: "mpub", COMPAT: "mpub"},
+            batch=100,
+            reps=s.reps,
+            window=mpub_window,
+            bench=("bench_writer", "-batch-size=100"),
+        ),
+        Scenario(
+            "publish_sink",
+            f"sink (max_batch 100) fed from an RxPY Subject, at most {mpub_window:,} unconfirmed",
+            "publish",
+            s.mpub_count,
+            {RXNSQ: "sink"},
+            batch=100,
+            reps=s.reps,
+            window=mpub_window,
+        ),
+        Scenario(
+            "publish_sink_direct",
+            f"sink (max_batch 100), sink.on_next called directly, at most {mpub_window:,} "
+            "unconfirmed",
+            "publish",
+            s.mpub_count,
+            {RXNSQ: "sink_direct"},
+            batch=100,
+            reps=s.reps,
+            window=mpub_window,
+        ),
+        Scenario(
+            "publish_sink_send",
+            f"sink (max_batch 100) fed {s.sink_loop_count:,} items by a plain loop of "
+            "`await sink.send()`, default bounds",
+            "publish",
+            s.sink_loop_count,
+            {RXNSQ: "sink_send"},
             batch=100,
             reps=s.reps,
         ),
@@ -204,11 +259,12 @@ def scenarios(s: Settings) -> list[Scenario]:
         ),
         Scenario(
             "drain_small",
-            f"drain {s.drain_small:,} backlog, mif 2500",
+            f"drain {s.drain_small:,} backlog, mif 2500 (for its peak RSS; too short to time)",
             "consume",
             s.drain_small,
             {PYNSQ: "consume", RXNSQ: "consume", GO: "consume"},
             reps=s.drain_reps,
+            timed=False,
         ),
         Scenario(
             "drain_large",
@@ -236,15 +292,17 @@ class Client:
         self, scenario: Scenario, mode: str, address: str, topic: str, settings: Settings
     ) -> list[str]:
         assert self.argv is not None
+        total = scenario.count + backlog_margin(scenario) if scenario.kind == "consume" else 0
         opts = {
             "mode": mode,
             "addr": address,
             "topic": topic,
             "channel": "bench",
             "count": scenario.count,
+            "total": total or scenario.count,
             "mif": scenario.mif,
             "batch": scenario.batch,
-            "window": settings.window,
+            "window": scenario.window or settings.window,
             "warmup": settings.latency_rate // 2 if scenario.kind == "latency" else 0,
             "obuf": scenario.obuf,
             "timeout": f"{worker_timeout(scenario):.0f}" + ("s" if self.style == "go" else ""),
@@ -347,6 +405,29 @@ def compat_client() -> Client:
             "--nsq-module=rxnsq.compat",
             "--client-name=rxnsq.compat",
         ],
+    )
+
+
+def bench_tools() -> tuple[Path | None, str]:
+    """The folder of nsq's bench_reader and bench_writer, built by ``scripts/install-nsq
+    --bench`` (the same throwaway-module build as nsqd's) when missing; else why not."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install-nsq"), "--bench"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if out.returncode != 0:
+        return None, f"nsq bench tools unavailable: {out.stderr.strip()[-300:]}"
+    from rxnsq.testing import find_binary
+
+    try:
+        folder = Path(find_binary("bench_reader")).parent
+    except FileNotFoundError as exc:
+        return None, str(exc)
+    return (
+        folder,
+        "nsq-bench: nsq v1.3.0's bench_reader / bench_writer (scripts/install-nsq --bench)",
     )
 
 
@@ -459,7 +540,12 @@ class Bench:
 
     def start_nsqd(self) -> NsqdProcess:
         s = self.settings
-        largest = max(s.count, s.count_mif1, s.pub_count * 2, s.drain_large, s.drain_small)
+        # bench_writer publishes for bench_seconds at whatever rate it reaches: room for 5M/s
+        bench_written = int(5_000_000 * s.bench_seconds)
+        largest = max(
+            s.count, s.count_mif1, s.pub_count, s.mpub_count, s.sink_loop_count, s.drain_large,
+            s.drain_small, s.bench_backlog, bench_written,
+        )  # fmt: skip
         largest += 2_500 + 2_000  # backlog_margin
         args = [f"--mem-queue-size={largest + 20_000}", "--max-rdy-count=2500"]
         self.nsqd = NsqdProcess(extra_args=args).start()
@@ -470,7 +556,23 @@ class Bench:
         log(f"nsqd on {self.nsqd.tcp_address} ({' '.join(args)})")
         return self.nsqd
 
+    def ensure_nsqd(self) -> None:
+        """nsqd must not die in a run; if it does, say so (with its log) and start it again,
+        so one crash costs the runs it broke, not the rest of the table."""
+        assert self.nsqd is not None
+        if self.nsqd.running:
+            return
+        code = self.nsqd.returncode
+        tail = self.nsqd.log_tail(15).replace("\n", " | ")
+        message = f"nsqd exited (code {code}) and was restarted; its log ended: {tail}"
+        log(message)
+        self.incidents.append(message)
+        self.nsqd.restart()
+
+    incidents: list[str]
+
     def run(self) -> None:
+        self.incidents = []
         order = [name for name in ALL_CLIENTS if self.clients[name].argv is not None]
         reps = max((sc.reps for sc in self.scenarios), default=0)
         for rep in range(reps):
@@ -480,7 +582,70 @@ class Bench:
                     continue
                 for name in rotated:
                     if name in scenario.modes:
+                        self.ensure_nsqd()
                         self.run_one(scenario, self.clients[name], rep)
+                if scenario.bench and self.bench_dir is not None:
+                    self.ensure_nsqd()
+                    self.run_bench(scenario, rep)
+
+    bench_dir: Path | None = None  # nsq's bench tools, when they are part of the run
+    bench_note: str = ""
+
+    def run_bench(self, scenario: Scenario, rep: int) -> None:
+        """nsq's own bench_reader / bench_writer on the scenario's shape, for bench_seconds."""
+        assert self.nsqd is not None and self.bench_dir is not None
+        base = self.nsqd.http_url
+        tool, *options = scenario.bench
+        topic = f"{scenario.id}_nsq_bench_{rep}"[:64]
+        seconds = self.settings.bench_seconds
+        argv = [
+            str(self.bench_dir / tool),
+            f"-nsqd-tcp-address={self.nsqd.tcp_address}",
+            f"-topic={topic}",
+            f"-runfor={seconds}s",
+            "-size=200",
+            *options,
+        ]
+        try:
+            if tool == "bench_reader":
+                argv.append("-channel=bench")
+                _wire.create_channel(base, topic, "bench")
+                backlog = self.settings.bench_backlog
+                self.preload_seconds.append(_wire.preload(self.nsqd.tcp_address, topic, backlog))
+                self.wait_depth(topic, backlog)
+            started = time.monotonic()
+            with tempfile.TemporaryFile() as errors:
+                proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, cwd=ROOT)
+                _, status, usage = os.wait4(proc.pid, 0)
+                errors.seek(0)
+                text = errors.read().decode(errors="replace")
+            wall = time.monotonic() - started
+            if os.waitstatus_to_exitcode(status) != 0 or "ops/s" not in text:
+                raise WorkerError(f"{tool} failed: {text[-1000:]}")
+            line = [x for x in text.splitlines() if "ops/s" in x][-1]
+            rate = float(line.split(" - ")[2].removesuffix("ops/s"))
+            elapsed = _go_seconds(line.split("duration: ")[1].split(" - ")[0])
+            count = round(rate * elapsed)
+            if tool == "bench_reader" and count >= backlog:
+                raise WorkerError(f"bench_reader ran dry: raise bench_backlog above {backlog:,}")
+            result = {
+                "client": NSQ,
+                "mode": tool,
+                "count": count,
+                "elapsed": elapsed,
+                "cpu": (usage.ru_utime + usage.ru_stime) * elapsed / max(wall, elapsed),
+                "max_rss_kib": 0,
+                "process_cpu": usage.ru_utime + usage.ru_stime,
+            }
+        except (WorkerError, OSError, RuntimeError, ValueError, IndexError) as exc:
+            message = f"rep {rep}: {exc}"
+            log(f"{scenario.id} {NSQ}: FAILED {message}")
+            self.errors[(scenario.id, NSQ)].append(message)
+            return
+        finally:
+            _wire.delete_topic(base, topic)
+        self.samples[(scenario.id, NSQ)].append(result)
+        log(f"{scenario.id:17} {NSQ:13} rep {rep + 1}: {describe(scenario, result)}")
 
     def run_one(
         self,
@@ -515,6 +680,8 @@ class Bench:
             if scenario.kind == "latency":
                 on_ready = self.rate_publisher(topic, scenario.count)
             result = run_worker(argv, worker_timeout(scenario), on_ready)
+            if scenario.kind in ("consume", "latency"):
+                result["stats"] = self.check_stats(topic)
         except (WorkerError, OSError, RuntimeError) as exc:
             message = f"rep {rep}: {exc}"
             log(f"{scenario.id} {client.name}: FAILED {message}")
@@ -527,6 +694,20 @@ class Bench:
         label = f"rep {rep + 1}" if record else "profiled"
         log(f"{scenario.id:17} {client.name:13} {label}: {describe(scenario, result)}")
         return result
+
+    def check_stats(self, topic: str, timeout: float = 10.0) -> dict[str, int]:
+        """After a consume run: nothing left in nsqd, nothing requeued or timed out; the last
+        FINs may still be on their way, so in-flight is given a moment to reach 0."""
+        assert self.nsqd is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = _wire.channel_stats(self.nsqd.http_url, topic, "bench")
+            if stats["in_flight"] == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if any(stats.values()):
+            raise WorkerError(f"nsqd's /stats after the run are not all 0: {stats}")
+        return stats
 
     def wait_depth(self, topic: str, count: int, timeout: float = 120.0) -> None:
         assert self.nsqd is not None
@@ -558,6 +739,14 @@ class Bench:
                 raise WorkerError(f"rate publisher failed: {out.stdout} {out.stderr[-1000:]}")
 
         return publish
+
+
+def _go_seconds(text: str) -> float:
+    """A Go duration as printed by ``time.Duration.String`` ("2.0004s", "301.2ms") in seconds."""
+    for unit, scale in (("ms", 1e-3), ("µs", 1e-6), ("us", 1e-6), ("ns", 1e-9), ("s", 1.0)):
+        if text.endswith(unit) and "m" not in text[: -len(unit)]:
+            return float(text[: -len(unit)]) * scale
+    raise ValueError(f"unexpected Go duration {text!r}")
 
 
 def _nsqd_binary() -> str:
@@ -612,11 +801,24 @@ def build_report(bench: Bench, started: float, args: argparse.Namespace) -> dict
         row: dict[str, Any] = {
             "title": scenario.title,
             "kind": scenario.kind,
+            "timed": scenario.timed,
             "count": scenario.count,
             "max_in_flight": scenario.mif,
             "clients": {},
         }
-        for name in scenario.modes:
+        names = [*scenario.modes, *((NSQ,) if scenario.bench else ())]
+        for name in names:
+            if name == NSQ:
+                samples = bench.samples.get((scenario.id, NSQ))
+                if samples:
+                    entry = {"mode": scenario.bench[0], **summarize(samples)}
+                elif (scenario.id, NSQ) in bench.errors:
+                    entry = {"failed": bench.errors[(scenario.id, NSQ)]}
+                else:
+                    continue
+                rows[scenario.id] = row
+                row["clients"][NSQ] = entry
+                continue
             client = bench.clients[name]
             samples = bench.samples.get((scenario.id, name))
             if samples:
@@ -642,8 +844,9 @@ def build_report(bench: Bench, started: float, args: argparse.Namespace) -> dict
         ratios[scenario_id] = {
             "rxnsq/pynsq": ratio(ours, get(base, PYNSQ, key)),
             "rxnsq/go-nsq": ratio(ours, get(base, GO, key)),
+            "rxnsq/nsq-bench": ratio(ours, get(base, NSQ, key)),
         }
-    sink = get("publish_single", RXNSQ, "throughput")
+    consume_rss = get("consume_mif2500", RXNSQ, "max_rss_mib")
     targets = [
         target(
             "consume, per-message pipeline, mif 2500 >= 5x pynsq",
@@ -662,22 +865,42 @@ def build_report(bench: Bench, started: float, args: argparse.Namespace) -> dict
             1.0,
         ),
         target(
-            "sink fed single items >= 10x pynsq single pub",
-            ratio(sink, get("publish_single", PYNSQ, "throughput")),
-            10.0,
-        ),
-        target(
-            "sink fed single items >= 1.0x pynsq mpub of 100",
-            ratio(sink, get("publish_mpub100", PYNSQ, "throughput")),
+            "sink (max_batch 100) fed from an RxPY Subject >= 1.0x pynsq's MPUB of 100",
+            ratio(
+                get("publish_sink", RXNSQ, "throughput"),
+                get("publish_mpub100", PYNSQ, "throughput"),
+            ),
             1.0,
         ),
         target(
-            "(reference) the same with sink.on_next called directly, no RxPY source",
+            "(reference) the same sink with sink.on_next called directly, no RxPY",
             ratio(
                 get("publish_sink_direct", RXNSQ, "throughput"),
                 get("publish_mpub100", PYNSQ, "throughput"),
             ),
             1.0,
+        ),
+        target(
+            f"await writer.mpub of 100, {bench.settings.mpub_window} in flight >= 0.8x go-nsq "
+            "at the same window",
+            ratio(
+                get("publish_mpub100", RXNSQ, "throughput"),
+                get("publish_mpub100", GO, "throughput"),
+            ),
+            0.8,
+        ),
+        target(
+            "peak RSS of the Subject-fed sink within 20% of consuming (mif 2500; ratio <= 1.2)",
+            ratio(get("publish_sink", RXNSQ, "max_rss_mib"), consume_rss),
+            1.2,
+            lower_is_better=True,
+        ),
+        target(
+            f"peak RSS of the plain loop feeding {bench.settings.sink_loop_count:,} items "
+            "within 20% of consuming (ratio <= 1.2)",
+            ratio(get("publish_sink_send", RXNSQ, "max_rss_mib"), consume_rss),
+            1.2,
+            lower_is_better=True,
         ),
         target(
             f"latency p99 at {bench.settings.latency_rate} msg/s <= pynsq (ratio <= 1)",
@@ -695,7 +918,20 @@ def build_report(bench: Bench, started: float, args: argparse.Namespace) -> dict
             lower_is_better=True,
         ),
     ]
+    short = []
+    for scenario in bench.scenarios:
+        if not scenario.timed or scenario.kind == "latency":
+            continue
+        for name in [*scenario.modes, NSQ]:
+            for sample in bench.samples.get((scenario.id, name), []):
+                if sample["elapsed"] < MIN_SECONDS:
+                    short.append(f"{scenario.id}/{name} ({sample['elapsed']:.2f} s)")
     notes = [c.note for c in bench.clients.values() if c.note]
+    if getattr(bench, "bench_note", ""):
+        notes.append(bench.bench_note)
+    if short:
+        notes.append(f"runs shorter than {MIN_SECONDS:g} s (raise the counts): " + ", ".join(short))
+    notes += getattr(bench, "incidents", [])
     versions: dict[str, str] = {}
     for client in bench.clients.values():
         versions.update(client.versions)
@@ -752,9 +988,13 @@ def machine() -> dict[str, Any]:
 # --- markdown ---------------------------------------------------------------------------------
 
 METHOD_NOTES = [
-    "Consume runs pre-load the backlog plus max_in_flight + 2,000 extra messages and stop at the "
-    "count: if the channel ran dry inside the measured interval, a client that never fills its "
-    "RDY window would wait up to nsqd's 250 ms output-buffer flush for the last partial buffer.",
+    "Consume runs pre-load the backlog plus max_in_flight + 2,000 extra messages and measure "
+    "the first count: if the channel ran dry inside the measured interval, a client that never "
+    "fills its RDY window would wait up to nsqd's 250 ms output-buffer flush for the last "
+    "partial buffer. The client then consumes the rest and stops; each run ends with nsqd's "
+    "/stats for the channel checked: depth, in flight, requeued, timed out and deferred all 0 "
+    "(else the run counts as failed). bench_reader stops on a timer with messages in flight: "
+    "its runs are not checked.",
     "Latency: one raw-socket publisher (benchmarks/workers/rate_pub.py) at a fixed rate for "
     "every client, the publish time in the body, measured at handler entry. With nsqd's default "
     "16 KiB / 250 ms output buffer the figure is nsqd's buffering (the same for every client), "
@@ -802,16 +1042,19 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "**Versions:** " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
         "",
-        f"**Counts:** consume backlog {s['count']:,} messages of 200 bytes "
-        f"({s['count_mif1']:,} at max_in_flight 1); publish {s['pub_count']:,} "
-        f"(at most {s['window']:,} unconfirmed); latency {s['latency_rate']:,} msg/s for "
+        f"**Counts:** consume {s['count']:,} messages of 200 bytes measured "
+        f"({s['count_mif1']:,} at max_in_flight 1), the whole backlog consumed; single PUBs "
+        f"{s['pub_count']:,} (at most {s['window']:,} unconfirmed); MPUB of 100 and sinks "
+        f"{s['mpub_count']:,} ({s['mpub_window']} commands in flight); the plain loop "
+        f"{s['sink_loop_count']:,} items; latency {s['latency_rate']:,} msg/s for "
         f"{s['latency_seconds']:g} s (first 0.5 s skipped); drains {s['drain_small']:,} and "
-        f"{s['drain_large']:,}.",
+        f"{s['drain_large']:,}; nsq's bench tools {s['bench_seconds']:g} s each.",
         "",
         "## Throughput (messages/s) and latency (ms)",
         "",
-        "| scenario | pynsq | rxnsq | go-nsq | rxnsq/pynsq | rxnsq/go-nsq |",
-        "|---|--:|--:|--:|--:|--:|",
+        "| scenario | pynsq | rxnsq | go-nsq | nsq bench | rxnsq/pynsq | rxnsq/go-nsq "
+        "| rxnsq/nsq bench |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for scenario_id, row in report["rows"].items():
         clients = row["clients"]
@@ -819,15 +1062,15 @@ def markdown(report: dict[str, Any]) -> str:
         if row["kind"] == "latency":
             for key in ("p50_ms", "p99_ms"):
                 label = f"{row['title']}: {key[:3]} (lower is better)"
-                cells = [_cell(clients.get(c), key, 3) for c in (PYNSQ, RXNSQ, GO)]
+                cells = [_cell(clients.get(c), key, 3) for c in (PYNSQ, RXNSQ, GO)] + [NA]
                 if key == "p50_ms":
                     r = {
                         n: ratio(clients.get(RXNSQ, {}).get(key), clients.get(n, {}).get(key))
                         for n in (PYNSQ, GO)
                     }
-                    rr = [r[PYNSQ], r[GO]]
+                    rr = [r[PYNSQ], r[GO], None]
                 else:
-                    rr = [ratios.get("rxnsq/pynsq"), ratios.get("rxnsq/go-nsq")]
+                    rr = [ratios.get("rxnsq/pynsq"), ratios.get("rxnsq/go-nsq"), None]
                 out.append(
                     f"| {label} | "
                     + " | ".join(cells)
@@ -836,50 +1079,59 @@ def markdown(report: dict[str, Any]) -> str:
                     + " |"
                 )
             continue
-        cells = [_cell(clients.get(c), "throughput") for c in (PYNSQ, RXNSQ, GO)]
+        cells = [_cell(clients.get(c), "throughput") for c in (PYNSQ, RXNSQ, GO, NSQ)]
         if scenario_id in COMPARED_WITH:
-            cells = ["(row above)" if c == NA else c for c in cells]
+            label = "(MPUB row)" if row["kind"] == "publish" else "(mif 2500 row)"
+            cells = [label if c == NA else c for c in cells]
+        if row.get("timed") is False:
+            cells = [c if c == NA else f"({c})" for c in cells]
         out.append(
             f"| {row['title']} | "
             + " | ".join(cells)
             + " | "
-            + _fmt(ratios.get("rxnsq/pynsq"), 2)
-            + " | "
-            + _fmt(ratios.get("rxnsq/go-nsq"), 2)
+            + " | ".join(
+                _fmt(ratios.get(k), 2) for k in ("rxnsq/pynsq", "rxnsq/go-nsq", "rxnsq/nsq-bench")
+            )
             + " |"
         )
     out += [
         "",
-        "For `batch(500)` the ratios are against the pynsq and go-nsq per-message consumers at "
-        "max_in_flight 2500; for the sink rows, against their single PUBs (the targets below "
-        "also compare the sink with pynsq's MPUB of 100). The sink is fed from a "
-        "`reactivex.subject.Subject` (as a user's hot source would), at most "
-        f"{s['window']:,} messages unconfirmed; the direct row calls `sink.on_next` itself, "
-        "which separates the sink's own cost from RxPY's. pynsq's `pub` is called without "
-        "waiting (pipelined, same window), confirmations counted in its callback; `mpub` rows "
-        "keep window/100 commands in flight (rxnsq: that many concurrent `await writer.mpub`).",
+        "For `batch(500)` the ratios are against the per-message consumers at max_in_flight "
+        "2500; for the sink rows, against the MPUB of 100 row (the sinks send MPUBs of 100, "
+        f"at most {s['mpub_window'] * 100:,} messages unconfirmed, like the MPUB row's "
+        f"{s['mpub_window']} commands in flight). The Subject row feeds the sink from a "
+        "`reactivex.subject.Subject` (as a user's hot source would); the direct row calls "
+        "`sink.on_next` itself, which separates the sink's own cost from RxPY's; the plain loop "
+        "row awaits `sink.send()` per item with the sink's default bounds (its figure is "
+        "mostly about memory). PUB rows call pynsq's `pub`, go-nsq's `PublishAsync` and "
+        "rxnsq's `pub_nowait` without waiting, confirmations counted in callbacks; MPUB rows "
+        "keep that many commands in flight (rxnsq: that many concurrent `await writer.mpub`). "
+        "nsq bench is nsq's own `bench_reader`/`bench_writer` as shipped: one connection per "
+        "core, FINs flushed in bursts, and bench_writer waits for each MPUB's answer before "
+        "the next (one in flight per connection; its PUB row is an MPUB of 1). Figures in "
+        "parentheses are too short to be timed.",
         "",
         "## Client CPU per message and peak RSS",
         "",
         "| scenario | pynsq CPU µs/msg | rxnsq CPU µs/msg | go-nsq CPU µs/msg "
-        "| pynsq RSS MiB | rxnsq RSS MiB | go-nsq RSS MiB |",
-        "|---|--:|--:|--:|--:|--:|--:|",
+        "| nsq bench CPU µs/msg | pynsq RSS MiB | rxnsq RSS MiB | go-nsq RSS MiB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for row in report["rows"].values():
         c = row["clients"]
         out.append(
             f"| {row['title']} | "
-            + " | ".join(_cell(c.get(n), "cpu_us_per_msg", 1) for n in (PYNSQ, RXNSQ, GO))
+            + " | ".join(_cell(c.get(n), "cpu_us_per_msg", 1) for n in (PYNSQ, RXNSQ, GO, NSQ))
             + " | "
             + " | ".join(_cell(c.get(n), "max_rss_mib", 1) for n in (PYNSQ, RXNSQ, GO))
             + " |"
         )
     out += [
         "",
-        "CPU is user + system time of the client process over the measured interval; "
-        "RSS is the process's peak (VmHWM).",
+        "CPU is user + system time of the client process over the measured interval (nsq "
+        "bench: of the whole process); RSS is the process's peak (VmHWM).",
         "",
-        "## Targets (issue 8)",
+        "## Targets (issues 8 and 13)",
         "",
         "| target | measured | met |",
         "|---|--:|:-:|",
@@ -1030,14 +1282,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--clients",
-        default=",".join(ALL_CLIENTS),
-        help=f"comma-separated subset of {', '.join(ALL_CLIENTS)}",
+        default=",".join((*ALL_CLIENTS, NSQ)),
+        help=f"comma-separated subset of {', '.join((*ALL_CLIENTS, NSQ))}",
     )
     p.add_argument("--scenarios", default="", help="comma-separated scenario ids (default all)")
-    p.add_argument("--count", type=int, help="consume backlog (default 200,000)")
-    p.add_argument("--count-mif1", type=int, help="backlog at max_in_flight 1 (default --count)")
-    p.add_argument("--pub-count", type=int, help="messages per publish run (default 200,000)")
-    p.add_argument("--window", type=int, help="publish: most messages unconfirmed (5,000)")
+    p.add_argument("--count", type=int, help="consume backlog measured (default 600,000)")
+    p.add_argument("--count-mif1", type=int, help="messages at max_in_flight 1 (40,000)")
+    p.add_argument("--pub-count", type=int, help="single PUBs per run (default 400,000)")
+    p.add_argument(
+        "--mpub-count", type=int, help="messages per MPUB-of-100 and sink run (5,000,000)"
+    )
+    p.add_argument("--sink-loop-count", type=int, help="items of the plain loop (1,000,000)")
+    p.add_argument("--window", type=int, help="single PUBs: most messages unconfirmed (5,000)")
+    p.add_argument("--mpub-window", type=int, help="MPUB of 100: commands in flight (10)")
+    p.add_argument("--bench-seconds", type=float, help="nsq bench tools' run time (2.5)")
     p.add_argument("--latency-rate", type=int, help="msg/s for the latency run (2,000)")
     p.add_argument("--latency-seconds", type=float, help="seconds of the latency run (5)")
     p.add_argument("--drain-small", type=int, help="small backlog drained (10,000)")
@@ -1070,7 +1328,11 @@ def main(argv: list[str] | None = None) -> int:
             "count",
             "count_mif1",
             "pub_count",
+            "mpub_count",
+            "sink_loop_count",
             "window",
+            "mpub_window",
+            "bench_seconds",
             "latency_rate",
             "latency_seconds",
             "drain_small",
@@ -1080,14 +1342,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         if getattr(args, k) is not None
     }
-    if "count" in overrides and "count_mif1" not in overrides:
-        overrides["count_mif1"] = overrides["count"]
     settings = dataclasses.replace(settings, **overrides)
 
     wanted = [c.strip() for c in args.clients.split(",") if c.strip()]
-    unknown = set(wanted) - set(ALL_CLIENTS)
+    unknown = set(wanted) - {*ALL_CLIENTS, NSQ}
     if unknown:
-        raise SystemExit(f"unknown clients {sorted(unknown)}; choose from {ALL_CLIENTS}")
+        raise SystemExit(f"unknown clients {sorted(unknown)}; choose from {(*ALL_CLIENTS, NSQ)}")
     off = Client("", None, note="not selected (--clients)")
     clients = {
         RXNSQ: rxnsq_client() if RXNSQ in wanted else dataclasses.replace(off, name=RXNSQ),
@@ -1112,6 +1372,9 @@ def main(argv: list[str] | None = None) -> int:
     selected = [sc for sc in selected if sc.modes]
 
     bench = Bench(settings, clients, selected)
+    if NSQ in wanted and any(sc.bench for sc in selected):
+        bench.bench_dir, bench.bench_note = bench_tools()
+        log(bench.bench_note)
     bench.load_start = os.getloadavg()  # type: ignore[attr-defined]
     bench.start_nsqd()
     try:

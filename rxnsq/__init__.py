@@ -35,6 +35,8 @@ from .errors import (
     NSQError,
     ProtocolError,
     PublishError,
+    PublishTimeoutError,
+    SinkOverflowError,
     StateError,
     SubscribeError,
     WrongPortError,
@@ -47,7 +49,7 @@ from .reader import CaughtError, Heartbeat, Reader, ReaderEvent
 from .runner import run
 from .scheduler import LoopScheduler, loop_scheduler
 from .sync import SyncConnection
-from .writer import Deferred, PublishAck, PublishResult, SinkOverflowError, Writer
+from .writer import Deferred, PublishAck, PublishResult, Writer
 
 __all__ = [
     "AuthError",
@@ -92,6 +94,7 @@ __all__ = [
     "PublishAck",
     "PublishError",
     "PublishResult",
+    "PublishTimeoutError",
     "Reader",
     "ReaderEvent",
     "SinkOverflowError",

@@ -10,14 +10,20 @@ The tree::
     ├── NegotiationError              nsqd did not grant a feature that must not be done
     │                                 without (TLS asked for, or TLS required by nsqd)
     ├── InvalidNameError (ValueError) a topic or channel name nsqd would refuse
-    ├── InvalidBodyError (ValueError) an empty or oversized message body, an empty MPUB
+    ├── InvalidBodyError (ValueError) a body that is not bytes/bytearray/memoryview/str, empty or
+    │                                 oversized; an empty MPUB; a DPUB delay out of range; a
+    │                                 ``publish()`` body function that raised (as ``__cause__``)
     ├── FrameError                    the peer's bytes are not NSQ frames (corrupt, oversized,
     │   │                             unknown frame type, truncated message)
     │   └── WrongPortError            the peer answered with HTTP: the HTTP port was given
     ├── NSQConnectionError            connecting failed or the connection dropped (retriable);
     │   │                             also an HTTP API request that got no HTTP reply
     │   ├── ConnectTimeoutError       no TCP connection within the connect timeout
-    │   └── ConnectionClosedError     the connection closed with this operation pending
+    │   ├── ConnectionClosedError     the connection (or the Writer) closed with this operation
+    │   │                             pending
+    │   └── PublishTimeoutError       nsqd did not answer a publish within its timeout
+    ├── SinkOverflowError             a Writer sink was full (``max_pending`` items or
+    │                                 ``max_pending_bytes`` unconfirmed): the item was not sent
     ├── LookupdError                  an nsqlookupd query failed (retriable); ``url``, ``status``
     │                                 (None without an HTTP reply), ``reason``
     ├── HTTPAPIError                  nsqd / nsqlookupd HTTP API answered non-2xx; ``method``,
@@ -77,6 +83,8 @@ __all__ = [
     "NegotiationError",
     "ProtocolError",
     "PublishError",
+    "PublishTimeoutError",
+    "SinkOverflowError",
     "StateError",
     "SubscribeError",
     "WrongPortError",
@@ -151,6 +159,21 @@ class ConnectionClosedError(NSQConnectionError):
     For a publish this means nsqd never confirmed it; it may or may not have been published
     (unless an earlier command on the same connection failed, in which case it was not).
     """
+
+
+class PublishTimeoutError(NSQConnectionError):
+    """nsqd did not answer a publish within its timeout. Trying again may work.
+
+    The command may or may not have been published (nsqd may be stalled rather than gone); an
+    answer arriving later is ignored, so the publish is never reported confirmed afterwards.
+    """
+
+
+class SinkOverflowError(NSQError):
+    """A Writer sink already held its bound of unconfirmed items or bytes: the item was not
+    published. Feed with ``await sink.send(item)`` (or ``sink.feed(...)``) to wait for room."""
+
+    retriable: ClassVar[bool] = True
 
 
 class ProtocolError(NSQError):

@@ -44,7 +44,9 @@ __all__ = [
     "check_topic_name",
     "decode_message",
     "encode_auth",
+    "encode_checked_dpub",
     "encode_checked_mpub",
+    "encode_checked_pub",
     "encode_cls",
     "encode_dpub",
     "encode_fin",
@@ -214,6 +216,16 @@ def _join_messages(parts: list[bytes]) -> bytes:
         chunks.append(pack(len(part)))
         chunks.append(part)
     return b"".join(chunks)
+
+
+def encode_checked_pub(topic: str, body: bytes) -> bytes:
+    """PUB of a message that already passed :func:`check_body` (and a checked topic)."""
+    return _with_body(b"PUB %s\n" % topic.encode(), body)
+
+
+def encode_checked_dpub(topic: str, delay_ms: int, body: bytes) -> bytes:
+    """DPUB of a checked message and topic; ``delay_ms`` an int already checked."""
+    return _with_body(b"DPUB %s %d\n" % (topic.encode(), delay_ms), body)
 
 
 def encode_checked_mpub(topic: str, parts: list[bytes]) -> bytes:

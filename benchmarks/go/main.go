@@ -5,7 +5,7 @@
 // mode), and prints one line "RESULT {json}" at the end with the count, the measured wall
 // time, the process CPU time spent in that interval and the peak RSS.
 //
-//	nsq-bench-go -mode consume -addr 127.0.0.1:4150 -topic t -channel c -count 200000 -mif 2500
+//	nsq-bench-go -mode consume -addr 127.0.0.1:4150 -topic t -channel c -count 200000 -total 204500 -mif 2500
 //	nsq-bench-go -mode pub     -addr 127.0.0.1:4150 -topic t -count 200000 -window 10000
 //	nsq-bench-go -mode mpub    -addr 127.0.0.1:4150 -topic t -count 200000 -batch 100 -window 10000
 //	nsq-bench-go -mode latency -addr 127.0.0.1:4150 -topic t -channel c -count 10000 -mif 200
@@ -30,7 +30,8 @@ import (
 
 type options struct {
 	mode, addr, topic, channel string
-	count, mif, size, batch    int
+	count, total, mif, size    int
+	batch                      int
 	window, warmup, obuf       int
 	timeout                    time.Duration
 }
@@ -102,7 +103,8 @@ func fail(format string, args ...any) {
 	os.Exit(1)
 }
 
-// consume drains count messages with a handler that returns nil (FIN), one goroutine.
+// consume measures count messages with a handler that returns nil (FIN), one goroutine, and
+// goes on to total (the whole backlog), then stops cleanly so every FIN reaches nsqd.
 func consume(o *options) {
 	c, err := nsq.NewConsumer(o.topic, o.channel, config(o))
 	if err != nil {
@@ -119,6 +121,8 @@ func consume(o *options) {
 		}
 		if seen == o.count {
 			m.stop()
+		}
+		if seen == o.total {
 			close(done)
 		}
 		return nil
@@ -129,8 +133,10 @@ func consume(o *options) {
 	select {
 	case <-done:
 	case <-time.After(o.timeout):
-		fail("consume: timed out after %d of %d messages", seen, o.count)
+		fail("consume: timed out after %d of %d messages", seen, o.total)
 	}
+	c.Stop()
+	<-c.StopChan
 	emit(o, &m, o.count, nil)
 }
 
@@ -175,6 +181,8 @@ func latency(o *options) {
 	case <-time.After(o.timeout):
 		fail("latency: timed out after %d of %d messages", seen, o.count)
 	}
+	c.Stop()
+	<-c.StopChan
 	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
 	pct := func(p float64) float64 {
 		if len(samples) == 0 {
@@ -256,7 +264,8 @@ func main() {
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:4150", "nsqd TCP address")
 	flag.StringVar(&o.topic, "topic", "bench", "topic")
 	flag.StringVar(&o.channel, "channel", "bench", "channel")
-	flag.IntVar(&o.count, "count", 100000, "messages")
+	flag.IntVar(&o.count, "count", 100000, "messages measured")
+	flag.IntVar(&o.total, "total", 0, "consume: messages consumed in all (default count)")
 	flag.IntVar(&o.mif, "mif", 2500, "max in flight")
 	flag.IntVar(&o.size, "size", 200, "body size (publish)")
 	flag.IntVar(&o.batch, "batch", 100, "messages per MPUB")
@@ -265,6 +274,9 @@ func main() {
 	flag.IntVar(&o.obuf, "obuf", 0, "IDENTIFY output_buffer_size (0: go-nsq's default)")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after")
 	flag.Parse()
+	if o.total < o.count {
+		o.total = o.count
+	}
 	switch o.mode {
 	case "consume":
 		consume(&o)

@@ -113,12 +113,19 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         required=True,
-        choices=["consume", "batch", "latency", "pub", "sink", "sink_direct", "mpub"],
+        choices=["consume", "batch", "latency", "pub", "sink", "sink_direct", "sink_send", "mpub"],
     )
     p.add_argument("--addr", required=True, help="nsqd TCP address")
     p.add_argument("--topic", required=True)
     p.add_argument("--channel", default="bench")
-    p.add_argument("--count", type=int, required=True, help="messages")
+    p.add_argument("--count", type=int, required=True, help="messages measured")
+    p.add_argument(
+        "--total",
+        type=int,
+        default=0,
+        help="consume: messages consumed in all, the whole backlog (default --count), so the "
+        "run ends with nothing left in nsqd",
+    )
     p.add_argument("--mif", type=int, default=2500, help="max_in_flight")
     p.add_argument("--batch", type=int, default=100, help="MPUB size / batch() count")
     p.add_argument("--size", type=int, default=BODY_SIZE, help="body bytes (publish)")

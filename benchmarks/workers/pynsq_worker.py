@@ -5,7 +5,9 @@ hook for rxnsq's pynsq-compatible layer: ``--nsq-module rxnsq.compat`` runs thes
 scenarios through it, unchanged, once that module provides ``Reader`` and ``Writer``.
 
 Modes:
-  consume  ``Reader(message_handler=handler)``, the handler returns True (FIN)
+  consume  ``Reader(message_handler=handler)``, the handler returns True (FIN); the first
+           ``count`` messages are measured, then the rest of the backlog (``total``) is
+           consumed too, so nsqd ends with nothing queued or in flight
   latency  the same; the handler records now - the publish time in the body
   pub      ``Writer.pub`` pipelined: called without waiting, at most ``window`` unconfirmed,
            confirmations counted in the callback
@@ -46,6 +48,7 @@ async def consume(args: Any) -> None:
     meter = common.Meter()
     done = loop.create_future()
     n = args.count
+    total = max(args.total, n)
     warmup = args.warmup
     latency = args.mode == "latency"
     samples: list[int] = []
@@ -64,7 +67,8 @@ async def consume(args: Any) -> None:
             meter.start()
         if seen == n:
             meter.stop()
-            done.set_result(None)
+        if seen == total:
+            loop.call_soon(done.set_result, None)  # after this message's FIN
         return True
 
     options = {"output_buffer_size": args.obuf} if args.obuf else {}
@@ -82,10 +86,10 @@ async def consume(args: Any) -> None:
     try:
         await asyncio.wait_for(done, args.timeout)
     except TimeoutError:
-        common.fail(f"{args.mode}: timed out after {seen} of {n} messages")
-    await asyncio.sleep(0)
+        common.fail(f"{args.mode}: timed out after {seen} of {total} messages")
+    await asyncio.sleep(0.1)  # the last FINs reach nsqd (the runner checks its /stats)
     extra = common.percentiles(samples) if latency else {}
-    common.emit(meter.result(CLIENT, args.mode, seen, version=nsq_version(), **extra))
+    common.emit(meter.result(CLIENT, args.mode, n, version=nsq_version(), **extra))
 
 
 async def connected_writer(addr: str, topic: str, timeout: float = 10.0) -> Any:

@@ -1,12 +1,17 @@
 """The rxnsq benchmark worker: one scenario, one process (see common.py for the protocol).
 
 Modes:
-  consume  ``reader.messages.pipe(nsq.process(handler))``: a per-message pipeline
+  consume  ``reader.messages.pipe(nsq.process(handler))``: a per-message pipeline; the first
+           ``count`` messages are measured, then the rest of the backlog (``total``) is
+           consumed too and the reader closed, so nsqd ends with nothing queued or in flight
   batch    ``reader.messages.pipe(nsq.batch(B, 1.0), nsq.process_batch(handler))``
   latency  like consume; the handler records now - the publish time in the body
-  sink     ``writer.sink(topic)`` fed item by item from a Subject, at most ``window`` unconfirmed
-  sink_direct  the same, calling ``sink.on_next`` directly (the sink's own cost, no RxPY)
+  pub      ``writer.pub_nowait`` pipelined: at most ``window`` unconfirmed (single PUBs)
   mpub     ``await writer.mpub(topic, bodies)`` with B bodies, ``window / B`` awaits in flight
+  sink     ``writer.sink(topic, max_batch=B, max_pending=window)`` fed item by item from an
+           RxPY Subject; the feeding loop keeps at most ``window`` items unconfirmed
+  sink_direct  the same, calling ``sink.on_next`` directly (the sink's own cost, no RxPY)
+  sink_send    a plain loop ``await sink.send(item)`` with the sink's default bounds
 
 ``--profile FILE`` runs pyinstrument over the measured interval and writes its text report.
 """
@@ -69,6 +74,7 @@ async def consume(args: Any, profile: Profile) -> None:
     meter = common.Meter()
     done = loop.create_future()
     n = args.count
+    total = max(args.total, n)
     warmup = args.warmup
     latency = args.mode == "latency"
     samples: list[int] = []
@@ -89,6 +95,7 @@ async def consume(args: Any, profile: Profile) -> None:
         if seen == n:
             meter.stop()
             profile.stop()
+        if seen == total:
             done.set_result(None)
 
     def handle_batch(values: list[bytes]) -> None:
@@ -96,10 +103,11 @@ async def consume(args: Any, profile: Profile) -> None:
         if seen == 0:
             meter.start()
             profile.start()
-        seen += len(values)
-        if seen >= n and not done.done():
+        before, seen = seen, seen + len(values)
+        if before < n <= seen:
             meter.stop()
             profile.stop()
+        if seen >= total and not done.done():
             done.set_result(None)
 
     options = {"output_buffer_size": args.obuf} if args.obuf else {}
@@ -117,10 +125,10 @@ async def consume(args: Any, profile: Profile) -> None:
     try:
         await asyncio.wait_for(done, args.timeout)
     except TimeoutError:
-        common.fail(f"{args.mode}: timed out after {seen} of {n} messages")
-    await asyncio.sleep(0)  # the last FINs leave in the coalesced write of this turn
+        common.fail(f"{args.mode}: timed out after {seen} of {total} messages")
+    await reader.close()  # the last FINs reach nsqd (the runner checks its /stats)
     extra = common.percentiles(samples) if latency else {}
-    common.emit(meter.result(CLIENT, args.mode, seen, version=rxnsq.__version__, **extra))
+    common.emit(meter.result(CLIENT, args.mode, n, version=rxnsq.__version__, **extra))
 
 
 async def sink(args: Any, profile: Profile) -> None:
@@ -130,9 +138,10 @@ async def sink(args: Any, profile: Profile) -> None:
     await writer.pub(args.topic, b"connect")  # opens the connection; not measured
     n, window, chunk = args.count, args.window, 500
     body = b"x" * args.size
-    out = writer.sink(args.topic, max_pending=max(window * 2, 1000))
+    out = writer.sink(args.topic, max_batch=args.batch, max_pending=window)
     wake = asyncio.Event()
-    writer.acks.subscribe(lambda _ack: wake.set() if out.pending <= window // 2 else None)
+    resume = max(0, window - args.batch)  # feed again as soon as one batch was confirmed
+    writer.acks.subscribe(lambda _ack: wake.set() if out.pending <= resume else None)
     source: Any = out
     if args.mode == "sink":
         source = Subject()
@@ -141,12 +150,12 @@ async def sink(args: Any, profile: Profile) -> None:
     meter.start()
     profile.start()
     fed = 0
+    on_next = source.on_next
     while fed < n:
         while out.pending >= window:
             wake.clear()
             await wake.wait()
         k = min(chunk, n - fed, window - out.pending)
-        on_next = source.on_next
         for _ in range(k):
             on_next(body)
         fed += k
@@ -155,8 +164,33 @@ async def sink(args: Any, profile: Profile) -> None:
     await asyncio.wait_for(out.done, args.timeout)
     meter.stop()
     profile.stop()
-    if out.failed:
-        common.fail(f"sink: {out.failed} failed: {out.errors[:3]}")
+    finish_sink(args, out, meter)
+
+
+async def sink_send(args: Any, profile: Profile) -> None:
+    """A plain loop of ``await sink.send(item)``: the sink's own bounds hold it back."""
+    writer = Writer([args.addr])
+    await writer.pub(args.topic, b"connect")  # opens the connection; not measured
+    body = b"x" * args.size
+    out = writer.sink(args.topic, max_batch=args.batch)
+    meter = common.Meter()
+    meter.start()
+    profile.start()
+    send = out.send
+    for _ in range(args.count):
+        await send(body)
+    out.on_completed()
+    await asyncio.wait_for(out.done, args.timeout)
+    meter.stop()
+    profile.stop()
+    finish_sink(args, out, meter)
+
+
+def finish_sink(args: Any, out: Any, meter: common.Meter) -> None:
+    if out.failed or out.confirmed != args.count or out.fed != args.count:
+        common.fail(
+            f"sink: fed {out.fed}, {out.confirmed} confirmed, {out.failed} failed: {out.errors[:3]}"
+        )
     common.emit(
         meter.result(
             CLIENT, args.mode, out.confirmed, commands=out.commands, version=rxnsq.__version__
@@ -190,6 +224,48 @@ async def mpub(args: Any, profile: Profile) -> None:
     )
 
 
+async def pub(args: Any, profile: Profile) -> None:
+    """``pub_nowait`` pipelined, at most ``window`` unconfirmed, counted in its callback."""
+    loop = asyncio.get_running_loop()
+    writer = Writer([args.addr])
+    await writer.pub(args.topic, b"connect")  # opens the connection; not measured
+    n, window, chunk = args.count, args.window, 500
+    body = b"x" * args.size
+    confirmed = failed = issued = 0
+    done = loop.create_future()
+    wake = asyncio.Event()
+
+    def callback(_conn: Any, data: Any) -> None:
+        nonlocal confirmed, failed
+        confirmed += 1
+        if isinstance(data, Exception):
+            failed += 1
+        if issued - confirmed <= window // 2:
+            wake.set()
+        if confirmed == n and not done.done():
+            done.set_result(None)
+
+    meter = common.Meter()
+    meter.start()
+    profile.start()
+    publish = writer.pub_nowait
+    topic = args.topic
+    while issued < n:
+        while issued - confirmed >= window:
+            wake.clear()
+            await wake.wait()
+        for _ in range(min(chunk, n - issued, window - (issued - confirmed))):
+            issued += 1
+            publish(topic, body, callback)
+        await asyncio.sleep(0)
+    await asyncio.wait_for(done, args.timeout)
+    meter.stop()
+    profile.stop()
+    if failed:
+        common.fail(f"pub: {failed} publishes failed")
+    common.emit(meter.result(CLIENT, "pub", n, commands=n, version=rxnsq.__version__))
+
+
 def main() -> None:
     p = common.parser(__doc__ or "")
     p.add_argument("--profile", help="write a pyinstrument text report of the measured part")
@@ -201,6 +277,8 @@ def main() -> None:
         "latency": consume,
         "sink": sink,
         "sink_direct": sink,
+        "sink_send": sink_send,
+        "pub": pub,
         "mpub": mpub,
     }
     if args.mode not in modes:

@@ -104,9 +104,10 @@ async def relay(readers: Sequence[Reader], writer: Writer, args: argparse.Namesp
     for reader in readers:
         done: asyncio.Future[None] = loop.create_future()
         on_error, on_completed = resolver(done)
+        settle: nsq.Operator[PublishResult[object], PublishResult[object]] = nsq.settle()
         reader.messages.pipe(
             writer.publish(args.destination_topic or reader.topic),
-            nsq.settle(),  # FIN what was confirmed, REQ what failed
+            settle,  # FIN what was confirmed, REQ what failed
         ).subscribe(
             on_next=count,
             on_error=on_error,

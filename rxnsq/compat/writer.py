@@ -11,6 +11,7 @@ from tornado.ioloop import IOLoop
 
 from .. import writer as core
 from ..connection import Connection
+from ..errors import NSQError
 from .options import connection_options
 
 __all__ = ["Writer"]
@@ -25,9 +26,11 @@ class Writer:
 
     Differences from pynsq: the future resolves on nsqd's ``OK`` (pynsq's resolved when
     the bytes were written) and raises the error; a publish made before any connection is up
-    waits for one (up to the connect timeout) instead of failing at once; publishes go
-    round-robin, not at random; ``str`` bodies and tuples work; ``close()`` exists and waits
-    for pending confirmations. ``writer.writer`` is the rxnsq Writer underneath.
+    waits for the connect attempt instead of failing at once; publishes go round-robin, not
+    at random; ``str`` bodies and tuples work, anything else that is not a body (None, an int,
+    a list for ``pub``) fails with ``InvalidBodyError`` through the callback and the future;
+    ``close()`` exists and waits for pending confirmations. ``writer.writer`` is the rxnsq
+    Writer underneath.
     """
 
     def __init__(
@@ -50,20 +53,30 @@ class Writer:
     def pub(
         self, topic: str, msg: bytes | str, callback: Callback | None = None
     ) -> asyncio.Future[Any]:
-        return self.writer.pub_nowait(topic, msg, callback=self._callback(callback))
+        """PUB; bad input (None, an int, a list...) reaches ``callback`` as a typed
+        :class:`~rxnsq.errors.InvalidBodyError` and fails the returned future (never a
+        ``TypeError`` here, never a coerced body)."""
+        callback = self._callback(callback)
+        try:
+            return self.writer.pub_nowait(topic, msg, callback=callback)  # type: ignore[return-value]
+        except NSQError as exc:  # the callback already has it
+            return _failed(exc)
 
     def mpub(
         self, topic: str, msg: bytes | str | Iterable[bytes | str], callback: Callback | None = None
-    ) -> asyncio.Task[Any]:
-        bodies = [msg] if isinstance(msg, bytes | str) else list(msg)
+    ) -> asyncio.Future[Any]:
+        """MPUB; a single body is published as a list of one, as pynsq does."""
+        bodies = [msg] if isinstance(msg, bytes | str) else msg
         return self._spawn(self.writer.mpub(topic, bodies, callback=self._callback(callback)))
 
     def dpub(
         self, topic: str, delay_ms: int, msg: bytes | str, callback: Callback | None = None
-    ) -> asyncio.Task[Any]:
-        return self._spawn(
-            self.writer.dpub(topic, msg, delay_ms / 1000, callback=self._callback(callback))
-        )
+    ) -> asyncio.Future[Any]:
+        """DPUB, deferred by ``delay_ms`` milliseconds."""
+        delay: Any = delay_ms
+        if isinstance(delay_ms, int | float) and not isinstance(delay_ms, bool):
+            delay = delay_ms / 1000
+        return self._spawn(self.writer.dpub(topic, msg, delay, callback=self._callback(callback)))
 
     def close(self) -> asyncio.Task[None]:
         """Wait for pending publishes, then close every connection."""
@@ -89,3 +102,11 @@ class Writer:
         # the callback has the outcome; a task nobody awaits must not warn about it
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return task
+
+
+def _failed(error: Exception) -> asyncio.Future[Any]:
+    """An already failed future whose error was reported (no "never retrieved" warning)."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    future.exception()
+    return future
