@@ -54,7 +54,7 @@ from .errors import (
     WrongPortError,
 )
 from .message import Message
-from .sink import Sink
+from .sink import Done, Sink, WriterLink
 
 __all__ = [
     "Body",
@@ -79,7 +79,6 @@ _FATAL = (AuthError, NegotiationError, WrongPortError, ConfigError, IdentifyErro
 
 Callback = Callable[[Connection | None, Any], Any]
 #: Called once per command with None (confirmed) or the error.
-Done = Callable[[Exception | None], None]
 
 
 class Writer:
@@ -165,6 +164,15 @@ class Writer:
         self._inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._inbox_scheduled = False
         self._sinks: list[Sink] = []
+        self._link = WriterLink(
+            bind=self._bind,
+            thread=lambda: self._thread,
+            post=self._post,
+            commands_for=self._commands_for,
+            ensure_started=self._ensure_started,
+            submit=self._submit,
+            ack_failed=self._ack_failed,
+        )
         self._close_started = False
         self._closing = False
         runner.register(self)
@@ -428,7 +436,7 @@ class Writer:
     ) -> asyncio.Future[bytes]:
         """Send one publish command on ``conn``; watched for its timeout and for close; its
         outcome goes to ``acks`` and to ``done`` (one callback for both)."""
-        future = conn._command(data)
+        future = conn.command(data)
         deadline = started + timeout
         tracked = self._tracked.get(timeout)
         if tracked is None:
@@ -790,6 +798,7 @@ class Writer:
         protocol.check_topic_name(topic)
         sink = Sink(
             self,
+            self._link,
             topic,
             max_batch=max_batch,
             max_delay=max_delay,
@@ -832,7 +841,7 @@ class Writer:
                 observer: abc.ObserverBase[PublishResult[Any]],
                 scheduler: abc.SchedulerBase | None = None,
             ) -> abc.DisposableBase:
-                stage = _PublishStage(self, topic, body, limit, observer)
+                stage = _PublishStage(self, self._link, topic, body, limit, observer)
                 subscription = source.subscribe(
                     stage.on_next, stage.on_error, stage.on_completed, scheduler=scheduler
                 )
@@ -958,12 +967,14 @@ class _PublishStage:
     def __init__(
         self,
         writer: Writer,
+        link: WriterLink,
         topic: str,
         body: Callable[[Any], Any] | None,
         timeout: float,
         observer: abc.ObserverBase[PublishResult[Any]],
     ) -> None:
         self.writer = writer
+        self.link = link
         self.topic = topic
         self.body = body
         self.timeout = timeout
@@ -979,21 +990,21 @@ class _PublishStage:
             error = ConnectionClosedError(
                 f"{self.writer.name} is closing: item for {self.topic!r} not published"
             )
-            self.writer._ack_failed(self.topic, 1, error)
+            self.link.ack_failed(self.topic, 1, error)
             entry.result = PublishResult(item, False, error)
             self._emit()
             return
         try:
             value = self._value(item)
-            commands = self.writer._commands_for(self.topic, value)
+            commands = self.link.commands_for(self.topic, value)
         except NSQError as exc:
-            self.writer._ack_failed(self.topic, 1, exc)
+            self.link.ack_failed(self.topic, 1, exc)
             entry.result = PublishResult(item, False, exc)
             self._emit()
             return
         entry.left = entry.parts = len(commands)
         entry.count = sum(count for _data, count in commands)
-        self.writer._submit(self.topic, commands, self.timeout, partial(self._done, entry))
+        self.link.submit(self.topic, commands, self.timeout, partial(self._done, entry))
 
     def _value(self, item: Any) -> Any:
         if self.body is None:

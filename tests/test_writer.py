@@ -142,7 +142,7 @@ async def test_invalid_topic_from_nsqd_is_typed(nsqd) -> None:
     await writer.pub("t", b"warm up")
     conn = next(iter(writer.connections.values()))
     with pytest.raises(errors.BadTopicError):
-        await conn._command(b"PUB bad!topic\n\x00\x00\x00\x01x")
+        await conn.command(b"PUB bad!topic\n\x00\x00\x00\x01x")
     await writer.close()
 
 
