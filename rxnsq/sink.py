@@ -424,7 +424,7 @@ class Sink(abc.ObserverBase[Any]):
         self._timer = self._link.bind().call_later(self.max_delay, self._on_timer)
 
     def _not_open_error(self) -> NSQError:
-        if self._closed_error is not None or self.writer.closing:
+        if self._closed_error is not None or self.writer.is_closing:
             return ConnectionClosedError(
                 f"{self.writer.name} is closing: item for {self.topic!r} not published"
             )
@@ -515,7 +515,7 @@ class Sink(abc.ObserverBase[Any]):
             isinstance(error, NSQError)
             and error.retriable
             and job.attempt < self.retries
-            and not self.writer.closing
+            and not self.writer.is_closing
             and self._closed_error is None
         ):
             retry = [command for command, _error in job.failed]

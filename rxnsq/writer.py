@@ -23,17 +23,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import random
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import reactivex
 from reactivex import abc
 from reactivex.disposable import CompositeDisposable, Disposable
-from reactivex.subject import Subject
 
 from . import _items, protocol, runner
 from ._items import Body, Deferred, Item, PublishAck, PublishResult
@@ -41,20 +39,19 @@ from .address import tcp_address_list
 from .config import ConnectionOptions, check_range
 from .connection import Connection, ConnectionState
 from .errors import (
-    AuthError,
+    FATAL_CONNECT_ERRORS,
     ConfigError,
     ConnectionClosedError,
-    IdentifyError,
     InvalidBodyError,
-    NegotiationError,
     NSQConnectionError,
     NSQError,
     PublishTimeoutError,
     SinkOverflowError,
-    WrongPortError,
 )
 from .message import Message
+from .reconnect import ReconnectDelays
 from .sink import Done, Sink, WriterLink
+from .streams import Broadcast
 
 __all__ = [
     "Body",
@@ -75,7 +72,6 @@ DEFAULT_MAX_BODY_SIZE = 5 * 1024 * 1024
 DEFAULT_MAX_REQ_TIMEOUT = 3600.0
 
 #: Connection errors no reconnect can cure (the Reader fails its stream with the same).
-_FATAL = (AuthError, NegotiationError, WrongPortError, ConfigError, IdentifyError)
 
 Callback = Callable[[Connection | None, Any], Any]
 #: Called once per command with None (confirmed) or the error.
@@ -139,8 +135,12 @@ class Writer:
         self.max_body_size = max_body_size
         self.max_req_timeout = max_req_timeout
         self.connection_options = ConnectionOptions(**connection_options)
+        self._acks: Broadcast[PublishAck] = Broadcast(f"{self.name} acks")
+        self._closing_signal: Broadcast[None] = Broadcast(f"{self.name} closing", replay=True)
         #: One :class:`PublishAck` per publish command (and per item failed before sending).
-        self.acks: Subject[PublishAck] = Subject()
+        self.acks: reactivex.Observable[PublishAck] = self._acks.observable
+        #: Emits once, then completes, when ``close()`` begins (late subscribers too).
+        self.closing: reactivex.Observable[None] = self._closing_signal.observable
         #: The latest connection error (None once every nsqd is connected).
         self.last_error: Exception | None = None
 
@@ -152,7 +152,7 @@ class Writer:
         self._next = 0
         self._connecting: dict[str, asyncio.Task[None]] = {}
         self._reconnects: dict[str, asyncio.TimerHandle] = {}
-        self._delays: dict[str, float] = {}
+        self._delays = ReconnectDelays(min(1.0, reconnect_interval), reconnect_interval)
         self._errors: dict[str, NSQError] = {}
         self._lost: set[str] = set()  # were connected, not back yet: worth waiting for
         self._changed: asyncio.Future[None] | None = None
@@ -175,6 +175,8 @@ class Writer:
         )
         self._close_started = False
         self._closing = False
+        self._closed: asyncio.Future[None] | None = None
+        self._close_deadline: float | None = None
         runner.register(self)
 
     def __repr__(self) -> str:
@@ -186,9 +188,17 @@ class Writer:
         return dict(self._conns)
 
     @property
-    def closing(self) -> bool:
+    def is_closing(self) -> bool:
         """True once ``close()`` has begun: stop feeding the writer."""
         return self._close_started
+
+    async def __aenter__(self) -> Self:
+        """``async with Writer(...) as writer:`` connects (``start()``) and closes it."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     @property
     def pending(self) -> int:
@@ -303,7 +313,7 @@ class Writer:
         self._conns[address] = conn
         self._conn_list = list(self._conns.values())
         self._errors.pop(address, None)
-        self._delays.pop(address, None)
+        self._delays.reset(address)
         self._lost.discard(address)
         if not self._errors:
             self.last_error = None
@@ -314,7 +324,7 @@ class Writer:
     def _connect_failed(self, address: str, error: NSQError) -> None:
         self._errors[address] = error
         self.last_error = error
-        fatal = isinstance(error, _FATAL)
+        fatal = isinstance(error, FATAL_CONNECT_ERRORS)
         if fatal:
             self._lost.discard(address)  # no reconnect will cure it: do not wait for one
             logger.error("%s: cannot connect to %s: %s", self.name, address, error)
@@ -344,14 +354,9 @@ class Writer:
     def _schedule_reconnect(self, address: str, fatal: bool) -> None:
         if self._closing or self._loop is None:
             return
-        if fatal:  # only a change on the nsqd side helps: try again, but seldom
-            delay = self.reconnect_interval
-        else:
-            delay = self._delays.get(address, min(1.0, self.reconnect_interval))
-            self._delays[address] = min(delay * 2, self.reconnect_interval)
-        self._reconnects[address] = self._loop.call_later(
-            delay * random.uniform(0.8, 1.2), self._connect_soon, address
-        )
+        # a fatal failure: only a change on the nsqd side helps, so try again but seldom
+        delay = self.reconnect_interval if fatal else self._delays.next(address)
+        self._reconnects[address] = self._loop.call_later(delay, self._connect_soon, address)
 
     def _notify(self) -> None:
         """Wake whatever waits for a connection (one came up, an attempt ended, closing)."""
@@ -407,7 +412,7 @@ class Writer:
         )
         if not errors:
             return NSQConnectionError(message)
-        worst = next((e for e in errors if isinstance(e, _FATAL)), errors[0])
+        worst = next((e for e in errors if isinstance(e, FATAL_CONNECT_ERRORS)), errors[0])
         return _items.again(worst, message)
 
     # --- sending -------------------------------------------------------------------------------
@@ -451,7 +456,7 @@ class Writer:
                 sweep.cancel()
             assert self._loop is not None
             self._sweep = self._loop.call_at(deadline, self._expire)
-        if done is not None or self.acks.observers:
+        if done is not None or self._acks.has_observers:
             future.add_done_callback(
                 partial(self._answered, topic, count, conn.address, started, done)
             )
@@ -471,9 +476,9 @@ class Writer:
             if not future.cancelled() and future.exception() is None
             else self._error_of(future)
         )
-        if self.acks.observers:
+        if self._acks.has_observers:
             assert self._loop is not None
-            self.acks.on_next(
+            self._acks.emit(
                 PublishAck(topic, count, error is None, error, address, self._loop.time() - started)
             )
         if done is not None:
@@ -492,8 +497,8 @@ class Writer:
 
     def _ack_failed(self, topic: str, count: int, error: Exception) -> None:
         """An ack for messages that failed before any command was sent."""
-        if self.acks.observers:
-            self.acks.on_next(PublishAck(topic, count, False, error))
+        if self._acks.has_observers:
+            self._acks.emit(PublishAck(topic, count, False, error))
 
     def _expire(self) -> None:
         """Fail every command whose timeout passed without nsqd's answer."""
@@ -616,7 +621,7 @@ class Writer:
 
         def prepare() -> tuple[bytes, int]:
             items = _items.bodies_bytes(bodies, topic, self.max_msg_size)
-            size = 4 + 4 * len(items) + sum(map(len, items))
+            size = protocol.mpub_body_size(items)
             if size > self.max_body_size:
                 raise InvalidBodyError(
                     f"MPUB to {topic!r} of {size} bytes is above max_body_size "
@@ -863,22 +868,36 @@ class Writer:
         still unanswered then fails with a retriable
         :class:`~rxnsq.errors.ConnectionClosedError` (it may or may not have been published).
         Then every connection is closed. Publishing afterwards raises."""
-        if self._close_started:
-            return
         check_range("timeout", timeout, 0.0, 86400.0)
+        if self._close_started:
+            if self._closed is not None:
+                if self._close_deadline is not None and self._loop is not None:
+                    # called again (a second signal): the drain ends no later than this
+                    self._close_deadline = min(self._close_deadline, self._loop.time() + timeout)
+                await asyncio.shield(self._closed)
+            return
         self._close_started = True
+        self._closing_signal.emit(None)
+        self._closing_signal.complete()
         if self._loop is None:
             self._closing = True
-            self.acks.on_completed()
+            self._acks.complete()
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        self._closed = loop.create_future()
+        try:
+            await self._drain_and_close(loop, timeout)
+        finally:
+            self._closed.set_result(None)
+
+    async def _drain_and_close(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._close_deadline = loop.time() + timeout
         for sink in self._sinks:
             sink.closing()
         while True:
             unanswered = [e[1] for dq in self._tracked.values() for e in dq if not e[1].done()]
             busy = unanswered or self._waiting or any(s.pending for s in self._sinks)
-            left = deadline - loop.time()
+            left = self._close_deadline - loop.time()
             if not busy or left <= 0:
                 break
             waits: list[asyncio.Future[Any]] = [*unanswered, *self._waiting]
@@ -905,7 +924,7 @@ class Writer:
         for sink in self._sinks:
             sink.abandon(ConnectionClosedError(f"{self.name} was closed before it was sent"))
         await asyncio.sleep(0)  # failure callbacks run before close() returns
-        self.acks.on_completed()
+        self._acks.complete()
 
     def _fail_unanswered(self, timeout: float) -> None:
         count = 0
@@ -986,7 +1005,7 @@ class _PublishStage:
     def on_next(self, item: Any) -> None:
         entry = _Entry(item)
         self.queue.append(entry)
-        if self.writer.closing:  # like every new publish once close() began
+        if self.writer.is_closing:  # like every new publish once close() began
             error = ConnectionClosedError(
                 f"{self.writer.name} is closing: item for {self.topic!r} not published"
             )
