@@ -41,6 +41,7 @@ import ssl
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import reactivex
@@ -73,6 +74,7 @@ __all__ = [
     "ConnectionDelegate",
     "ConnectionEvent",
     "ConnectionState",
+    "Heartbeat",
     "NegotiationError",
     "default_requeue_delay",
 ]
@@ -107,6 +109,14 @@ class ConnectionEvent(NamedTuple):
     kind: str
     data: Any = None
     message: Message[Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """nsqd at ``address`` sent a heartbeat at ``time`` (seconds since the epoch)."""
+
+    address: str
+    time: float
 
 
 class ConnectionDelegate(Protocol):

@@ -37,7 +37,7 @@ from reactivex.disposable import Disposable
 from . import protocol, runner
 from .address import http_address_list, tcp_address_list
 from .config import ConnectionOptions, check_range
-from .connection import Connection
+from .connection import Connection, Heartbeat
 from .errors import (
     FATAL_CONNECT_ERRORS,
     ConfigError,
@@ -88,14 +88,6 @@ class CaughtError:
     stage: str
     message: Message[Any] | None = None
     address: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """nsqd at ``address`` sent a heartbeat at ``time`` (seconds since the epoch)."""
-
-    address: str
-    time: float
 
 
 @dataclass(frozen=True, slots=True)

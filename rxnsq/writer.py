@@ -24,6 +24,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -37,7 +38,7 @@ from . import _items, protocol, runner
 from ._items import Body, Deferred, Item, PublishAck, PublishResult
 from .address import tcp_address_list
 from .config import ConnectionOptions, check_range
-from .connection import Connection, ConnectionState
+from .connection import Connection, ConnectionState, Heartbeat
 from .errors import (
     FATAL_CONNECT_ERRORS,
     ConfigError,
@@ -141,6 +142,9 @@ class Writer:
         self.acks: reactivex.Observable[PublishAck] = self._acks.observable
         #: Emits once, then completes, when ``close()`` begins (late subscribers too).
         self.closing: reactivex.Observable[None] = self._closing_signal.observable
+        self._heartbeats: Broadcast[Heartbeat] = Broadcast(f"{self.name} heartbeats")
+        #: Every heartbeat of every connection (:class:`~rxnsq.reader.Heartbeat`).
+        self.heartbeats: reactivex.Observable[Heartbeat] = self._heartbeats.observable
         #: The latest connection error (None once every nsqd is connected).
         self.last_error: Exception | None = None
 
@@ -318,8 +322,22 @@ class Writer:
         if not self._errors:
             self.last_error = None
         conn.states.subscribe(lambda state: self._on_state(conn, state))
+        conn.heartbeats.subscribe(lambda _at: self._on_heartbeat(conn))
         self._notify()
         logger.info("%s: connected to %s", self.name, address)
+
+    def _on_heartbeat(self, conn: Connection) -> None:
+        if self._heartbeats.has_observers:
+            self._heartbeats.emit(Heartbeat(conn.address, time.time()))
+
+    def add_nsqd(self, address: str) -> None:
+        """Publish to one more nsqd too (connected now if the writer runs, else at start)."""
+        (address,) = tcp_address_list("address", address)
+        if address in self.nsqd_tcp_addresses:
+            return
+        self.nsqd_tcp_addresses = (*self.nsqd_tcp_addresses, address)
+        if self._started and not self._closing:
+            self._connect_soon(address)
 
     def _connect_failed(self, address: str, error: NSQError) -> None:
         self._errors[address] = error
