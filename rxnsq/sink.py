@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import reactivex
 from reactivex import abc
-from reactivex.subject import Subject
 
 from . import protocol
 from ._items import Deferred, PublishResult, again, body_bytes
@@ -45,6 +45,7 @@ from .errors import (
     NSQError,
     SinkOverflowError,
 )
+from .streams import Broadcast
 
 if TYPE_CHECKING:
     from .writer import Writer
@@ -147,7 +148,9 @@ class Sink(abc.ObserverBase[Any]):
         self.failed = 0
         self.commands = 0
         self.errors: list[Exception] = []
-        self.failures: Subject[PublishResult[Any]] = Subject()
+        self._failures: Broadcast[PublishResult[Any]] = Broadcast(f"sink {topic} failures")
+        #: One failed :class:`PublishResult` per failed item.
+        self.failures: reactivex.Observable[PublishResult[Any]] = self._failures.observable
         #: The error the source ended with (``on_error``), if any.
         self.source_error: Exception | None = None
 
@@ -551,12 +554,9 @@ class Sink(abc.ObserverBase[Any]):
         if not acked:
             count = len(item) if isinstance(item, list | tuple) else 1
             self._link.ack_failed(self.topic, count, error)
-        if self.failures.observers:
+        if self._failures.has_observers:  # a raising subscriber is logged by the stream
             count = len(item) if isinstance(item, list | tuple) else 1
-            try:
-                self.failures.on_next(PublishResult(item, False, error, count))
-            except Exception:
-                logger.exception("sink for %s: a failures subscriber failed", self.topic)
+            self._failures.emit(PublishResult(item, False, error, count))
         self._check_done()
 
     def _release(self, items: int, nbytes: int) -> None:
