@@ -1112,7 +1112,8 @@ def markdown(report: dict[str, Any]) -> str:
             continue
         cells = [_cell(clients.get(c), "throughput") for c in (PYNSQ, RXNSQ, GO, NSQ)]
         if scenario_id in COMPARED_WITH:
-            label = "(MPUB row)" if row["kind"] == "publish" else "(mif 2500 row)"
+            base = COMPARED_WITH[scenario_id]
+            label = "(MPUB row)" if row["kind"] == "publish" else f"({base.split('_')[1]} row)"
             cells = [label if c == NA else c for c in cells]
         if row.get("timed") is False:
             cells = [c if c == NA else f"({c})" for c in cells]
