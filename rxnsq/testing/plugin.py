@@ -220,5 +220,8 @@ def postgres_dsn(postgres_server: PostgresProcess) -> str:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    # in a thread of its own: an async test may already be running a loop in this one
+    worker = threading.Thread(target=asyncio.run, args=(create(),))
+    worker.start()
+    worker.join()
     return postgres_server.dsn.rsplit("/", 1)[0] + "/" + name

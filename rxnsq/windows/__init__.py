@@ -33,6 +33,7 @@ from .aggregate import (
 from .assign import Session, Sliding, Tumbling, Window, Windower, session, sliding, tumbling
 from .clock import ClockState, EventClock, ProcessingClock, event_time, processing_time
 from .operator import Windowed, aggregate, collect, count, fold, reduce
+from .postgres import PostgresStore
 from .results import Late, WindowResult
 from .sqlite import SQLiteStore
 from .store import Claimed, FoldRequest, Store, StoreSize
@@ -75,10 +76,3 @@ __all__ = [
     "tumbling",
 ]
 
-
-def __getattr__(name: str) -> object:
-    if name == "PostgresStore":  # needs the optional asyncpg: imported on first use
-        from .postgres import PostgresStore
-
-        return PostgresStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

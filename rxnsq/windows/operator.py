@@ -530,10 +530,10 @@ class _HeldRun(Generic[V, K, A]):
         self.observer.on_completed()
 
     def dispose(self) -> None:
-        held = [m for messages in self.members.values() for m in messages]
-        self.members.clear()
-        for message in held:
-            message.req(0, backoff=False)
+        """Requeue what open windows hold; results already out are their subscriber's to
+        settle (like a :class:`~rxnsq.ops.Batch`)."""
+        if not self.failed:
+            self.give_back()
 
 
 # --- large windows: folded into a store ----------------------------------------------------
