@@ -75,4 +75,3 @@ __all__ = [
     "sliding",
     "tumbling",
 ]
-

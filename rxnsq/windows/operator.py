@@ -155,6 +155,7 @@ class Windowed(Generic[V, K, A]):
         self.late: reactivex.Observable[Late[V]] = self._late.observable
         self.counts: Counter[str] = Counter()
         self._late_warned = 0.0
+        self._runs: set[_StoredRun[V, K, A]] = set()
 
     def __repr__(self) -> str:
         mode = f"store={self.store!r}" if self.store is not None else "held"
@@ -175,6 +176,14 @@ class Windowed(Generic[V, K, A]):
             return run.run(source, scheduler)
 
         return reactivex.create(subscribe)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait until every store-mode subscription has written what it was given (folds of
+        received messages, retirements of settled results); small windows have nothing to
+        write. Raises TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while any(run.busy for run in self._runs):
+                await asyncio.sleep(0.01)
 
     def stats(self) -> dict[str, int]:
         """Counts: ``folded``, ``duplicates``, ``late``, ``late_unobserved``, ``failed``,
@@ -566,12 +575,14 @@ class _StoredRun(Generic[V, K, A]):
         self.completed = False
         self.disposed = False
         self.claim_now = True
+        self.folding = False
         self.last_message: Message[V] | None = None
 
     def run(
         self, source: reactivex.Observable[Message[V]], scheduler: abc.SchedulerBase | None
     ) -> abc.DisposableBase:
         loop = asyncio.get_running_loop()
+        self.op._runs.add(self)
         self.wake = asyncio.Event()
         self.task = loop.create_task(self.work(), name=f"rxnsq-windows-{self.op.name}")
         upstream = source.subscribe(
@@ -603,8 +614,14 @@ class _StoredRun(Generic[V, K, A]):
         assert self.wake is not None
         self.wake.set()
 
+    @property
+    def busy(self) -> bool:
+        """Work received and not yet written to the store."""
+        return bool(self.pending or self.to_retire or self.to_release or self.folding)
+
     def dispose(self) -> None:
         self.disposed = True
+        self.op._runs.discard(self)
         if self.task is not None:
             self.task.cancel()
         for _item, message, _key in self.pending:
@@ -648,7 +665,8 @@ class _StoredRun(Generic[V, K, A]):
                 self.op.counts["store_errors"] += 1
                 _report(exc, f"{self.op.name} store", self.last_message)
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
-            if self.completed and not self.pending:
+            if self.completed and not self.busy:
+                self.op._runs.discard(self)
                 self.observer.on_completed()
                 return
 
@@ -669,6 +687,7 @@ class _StoredRun(Generic[V, K, A]):
         def planner(snapshot: Snapshot) -> Plan:
             return plan(items, snapshot, self.op.spec, time.time(), codec)
 
+        self.folding = True
         try:
             result = await self.store.fold(self.op.name, request, planner)
         except asyncio.CancelledError:
@@ -678,6 +697,8 @@ class _StoredRun(Generic[V, K, A]):
         except Exception:
             Batch([m for _i, m, _k in batch]).req_all(backoff=True)
             raise
+        finally:
+            self.folding = False
         counts = self.op.counts
         for (item, message, key), outcome in zip(batch, result.outcomes, strict=True):
             if outcome.kind == "folded":
