@@ -156,6 +156,7 @@ class Windowed(Generic[V, K, A]):
         self.counts: Counter[str] = Counter()
         self._late_warned = 0.0
         self._runs: set[_StoredRun[V, K, A]] = set()
+        self._progress = asyncio.Event()  # set by store workers after each round
 
     def __repr__(self) -> str:
         mode = f"store={self.store!r}" if self.store is not None else "held"
@@ -183,7 +184,8 @@ class Windowed(Generic[V, K, A]):
         write. Raises TimeoutError after ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
             while any(run.busy for run in self._runs):
-                await asyncio.sleep(0.01)
+                self._progress.clear()
+                await self._progress.wait()
 
     def stats(self) -> dict[str, int]:
         """Counts: ``folded``, ``duplicates``, ``late``, ``late_unobserved``, ``failed``,
@@ -665,6 +667,7 @@ class _StoredRun(Generic[V, K, A]):
                 self.op.counts["store_errors"] += 1
                 _report(exc, f"{self.op.name} store", self.last_message)
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+            self.op._progress.set()
             if self.completed and not self.busy:
                 self.op._runs.discard(self)
                 self.observer.on_completed()
