@@ -248,6 +248,15 @@ def test_sessions_merge_in_the_operator_and_carry_all_their_messages() -> None:
     assert [(at, tuple(r)[1]) for at, r in out] == [(207, W(100, 113)), (219, W(120, 125))]
 
 
+def test_a_closing_reader_gets_the_open_windows_messages_back_and_no_partial_result() -> None:
+    h = Harness()
+    m = [h.msg("a", 1), h.msg("a", 2)]
+    h.scheduler.schedule_absolute(205, lambda *_: h.consumer.close())
+    out = h.run(by_key(window=windows.tumbling(100)), (201, m[0]), (202, m[1]), end=206)
+    assert out == []  # the reader closing is not the end of the input
+    assert h.settler.commands == [Command("REQ", x.id, 0, False) for x in m]
+
+
 def test_processing_time_windows_close_on_the_scheduler() -> None:
     h = Harness()
     op = windows.count(key=lambda v: v["k"], window=windows.tumbling(30))

@@ -528,8 +528,11 @@ class _HeldRun(Generic[V, K, A]):
         self.release(self.forget(result), fin=False, delay=delay)
 
     def on_completed(self) -> None:
-        """End of input: every open window is final (the watermark jumps to the end)."""
-        if not self.failed:
+        """End of a finite input: every open window is final (the watermark jumps to the
+        end). A reader that closes is no end of input: its open windows are given back."""
+        if self.consumer is not None and self.consumer.is_closing:
+            self.give_back()
+        elif not self.failed:
             pending = sorted(
                 (w.end, w.start, k, w)
                 for k, windows in self.state.windows.items()

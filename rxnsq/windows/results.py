@@ -81,9 +81,9 @@ class WindowResult(Generic[K, A]):
 
 
 class Late(Generic[V]):
-    """An event that arrived after every window it belongs to... or one of them... was closed:
-    the ``message``, its ``key``, its event ``time``, the ``windows`` it belongs to (those already
-    closed are ``missed``) and the key's ``watermark`` when it came. Settle it as you decide:
+    """An event that arrived after one of its windows was final, so it joined none of them:
+    the ``message``, its ``key``, its event ``time``, the ``windows`` it belongs to (the final
+    ones are ``missed``) and the key's ``watermark`` when it came. Settle it as you decide:
     ``settle()`` (or ``message.fin()``) finishes it; ``message.req()`` brings it back later
     (still late)."""
 
