@@ -83,7 +83,7 @@ async def run_demo(
     )
     reader = Reader(TOPIC, CHANNEL, max_in_flight=500, **discovery)
     store = windows.SQLiteStore(state / "demo.db")
-    counts = windows.count(
+    counts: windows.Windowed[dict[str, Any], str, int] = windows.count(
         key=lambda click: click["page"],
         window=windows.tumbling(WINDOW),
         clock=windows.event_time(lambda click: click["ts"], delay=DELAY),
