@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS rxnsq_seen (
     name text NOT NULL, id bytea NOT NULL, key text NOT NULL, last_end float8 NOT NULL,
     forget_at float8, PRIMARY KEY (name, id)
 );
-CREATE INDEX IF NOT EXISTS rxnsq_seen_by_key ON rxnsq_seen (name, key, last_end);
+CREATE INDEX IF NOT EXISTS rxnsq_seen_by_key ON rxnsq_seen (name, key, last_end)
+    WHERE forget_at IS NULL;
 CREATE INDEX IF NOT EXISTS rxnsq_seen_retiring ON rxnsq_seen (name, forget_at)
     WHERE forget_at IS NOT NULL;
 """

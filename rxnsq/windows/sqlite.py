@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS rxnsq_seen (
     forget_at REAL,
     PRIMARY KEY (name, id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS rxnsq_seen_by_key ON rxnsq_seen (name, key, last_end);
+CREATE INDEX IF NOT EXISTS rxnsq_seen_by_key ON rxnsq_seen (name, key, last_end)
+    WHERE forget_at IS NULL;
 CREATE INDEX IF NOT EXISTS rxnsq_seen_retiring ON rxnsq_seen (name, forget_at)
     WHERE forget_at IS NOT NULL;
 """
