@@ -8,7 +8,7 @@ Two modes, one set of rules (:mod:`rxnsq.windows.plan`):
 
 - **Small windows** (no ``store``): messages are held in flight (TOUCHed) while their window
   is open; a result carries them, and ``result.settle()`` FINs them (``requeue()`` REQs them).
-  Everything a window holds counts against max_in_flight and must outlive neither nsqd's
+  Everything a window holds counts against max_in_flight and must not outlive nsqd's
   max-msg-timeout: a configuration that cannot fit is a :class:`~rxnsq.errors.ConfigError`
   pointing to the store mode.
 - **Large windows** (``store=SQLiteStore(...)`` or ``PostgresStore(...)``, with a ``name``):
@@ -109,7 +109,7 @@ class Windowed(Generic[V, K, A]):
         touch_interval: float | None = None,
     ) -> None:
         if not isinstance(aggregation, Aggregation):
-            raise ConfigError("aggregation", aggregation, "an Aggregation (count(), fold()...)")
+            raise ConfigError("aggregation", aggregation, "an Aggregation (counter(), folder()...)")
         if not callable(key):
             raise ConfigError("key", key, "a function of the message value giving its key")
         if not isinstance(window, Tumbling | Sliding | Session):
@@ -255,6 +255,12 @@ def _deliver(
         _report(exc, stage, first)
 
 
+def _ident(message: Message[Any]) -> bytes:
+    """Which message a delivery is: nsqd gives a timed-out message back with the same id, on
+    the same nsqd (two nsqd may mint one id: the address tells them apart)."""
+    return message.address.encode() + b"/" + message.id
+
+
 def _now(scheduler: abc.SchedulerBase) -> float:
     """System time in seconds: virtual in tests, the wall clock otherwise (windows of
     processing time are aligned to the epoch, like event time)."""
@@ -358,15 +364,15 @@ class _HeldRun(Generic[V, K, A]):
         if made is None:
             return
         item, key = made
-        known = self.where.get(message.id)
+        known = self.where.get(_ident(message))
         if known is not None:  # nsqd took the old delivery back and sent it again: swap
             self.op.counts["duplicates"] += 1
             for slot in known:
                 held = self.members.get(slot, [])
                 for i, old in enumerate(held):
-                    if old.id == message.id:
+                    if _ident(old) == _ident(message):
                         held[i] = message
-            self.arrived[message.id] = now
+            self.arrived[_ident(message)] = now
             return
         placed = plan([item], self.state, self.op.spec, now)
         outcome = placed.outcomes[0]
@@ -397,13 +403,13 @@ class _HeldRun(Generic[V, K, A]):
             moved = self.members.pop((key, absorbed), [])
             self.members.setdefault((key, into), []).extend(moved)
             for m in moved:
-                self.where[m.id] = [(key, into)]
+                self.where[_ident(m)] = [(key, into)]
         slots = [(key, w) for w in windows]
         for slot in slots:
             self.members.setdefault(slot, []).append(message)
-        self.where[message.id] = slots
-        self.refs[message.id] = self.open_refs[message.id] = len(slots)
-        self.arrived[message.id] = now
+        self.where[_ident(message)] = slots
+        self.refs[_ident(message)] = self.open_refs[_ident(message)] = len(slots)
+        self.arrived[_ident(message)] = now
 
     @property
     def open_held(self) -> int:
@@ -425,7 +431,7 @@ class _HeldRun(Generic[V, K, A]):
 
     def fail(self, error: Exception, message: Message[V] | None) -> None:
         """The configuration cannot work: give every held message back and end the stream."""
-        if message is not None and message.outcome is None and message.id not in self.where:
+        if message is not None and message.outcome is None and _ident(message) not in self.where:
             message.req(0, backoff=False)
         self.failed = True
         self.give_back()
@@ -446,12 +452,12 @@ class _HeldRun(Generic[V, K, A]):
         messages = self.members.pop(slot, [])
         requeue: list[Message[V]] = []
         for message in messages:
-            left = self.refs.get(message.id, 1) - 1
+            left = self.refs.get(_ident(message), 1) - 1
             if fin and left > 0:
-                self.refs[message.id] = left
+                self.refs[_ident(message)] = left
                 continue
             for table in (self.refs, self.open_refs, self.arrived, self.where):
-                table.pop(message.id, None)
+                table.pop(_ident(message), None)
             if fin:
                 message.fin()
             else:
@@ -498,8 +504,8 @@ class _HeldRun(Generic[V, K, A]):
         self.state.clocks[key] = closed_up_to(self.state.clocks[key], window.end)
         messages = list(self.members.get((key, window), []))
         for message in messages:
-            if message.id in self.open_refs:
-                self.open_refs[message.id] -= 1
+            if _ident(message) in self.open_refs:
+                self.open_refs[_ident(message)] -= 1
         self.op.counts["results"] += 1
         result: WindowResult[K, A] = WindowResult(
             decode_key(key),  # type: ignore[arg-type]
