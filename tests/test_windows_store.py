@@ -188,3 +188,15 @@ async def test_a_failing_store_requeues_the_batch_and_reports(tmp_path: Path) ->
     consumer = m.consumer
     assert isinstance(consumer, FakeConsumer) and consumer.errors[0][1] == "clicks store"
     c.subscription.dispose()
+
+
+async def test_sessions_merge_in_the_store(make_store: Callable[[], Any]) -> None:
+    clock = windows.event_time(lambda v: v["t"], delay=10)
+    c = Consumer(make_store(), settler(), window=windows.session(5), clock=clock)
+    for t in (100, 108, 104, 120):  # 104 bridges [100,105) and [108,113) once it comes
+        c.send("a", t)
+    c.send("a", 200)
+    await until(lambda: len(c.results) == 2)
+    assert c.totals() == {("a", W(100, 113)): 3, ("a", W(120, 125)): 1}
+    size = await c.op.store.size("clicks")
+    assert size.windows == 1  # the session of a@200 is still open
