@@ -163,7 +163,9 @@ def size_text(size: windows.StoreSize | None) -> str:
     return f"{size.windows} windows, {size.ids} ids, {megabytes}"
 
 
-def write_report(rows: list[dict[str, Any]], path: Path, count: int, command: str) -> None:
+def write_report(
+    rows: list[dict[str, Any]], path: Path, count: int, command: str, retention: float
+) -> None:
     lines = [
         "# Windowed aggregation: keyed tumbling count",
         "",
@@ -173,7 +175,8 @@ def write_report(rows: list[dict[str, Any]], path: Path, count: int, command: st
         "lateness 60 s, 10 % out of order) read by each row from its own channel of one "
         "topic, published once. messages/s: first message to the last one settled; CPU: "
         "this process (the store's thread included, PostgreSQL's server not). Store size: "
-        "right after the run, then after the sweep once `id_retention` passed.",
+        f"right after the run, then after the sweep once `id_retention` ({retention:g} s) "
+        f"passed. Load average when the run ended: {os.getloadavg()[0]:.1f}.",
         "",
         "| row | messages/s | client CPU µs/msg | results | late | store after | after sweep |",
         "|---|---:|---:|---:|---:|---|---|",
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(run(args.events, rows, Path(folder), args.id_retention))
     if args.out:
         command = "python -m benchmarks.windows " + " ".join(argv or sys.argv[1:])
-        write_report(results, Path(args.out), args.events, command.strip())
+        write_report(results, Path(args.out), args.events, command.strip(), args.id_retention)
     return 0
 
 
