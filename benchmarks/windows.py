@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(rows) - set(ROWS)
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; known: {ROWS}")
+    # SIGTERM ends the run through the context managers: no nsqd or PostgreSQL left behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory() as folder:
         results = asyncio.run(run(args.events, rows, Path(folder), args.id_retention))
     if args.out:
