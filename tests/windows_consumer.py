@@ -35,6 +35,25 @@ def make_store(spec: str) -> Any:
     raise SystemExit(f"unknown store {spec!r}")
 
 
+class CrashingStore:
+    """A store that SIGKILLs this process right after a commit once ``crash_file`` exists
+    (the test creates it): the worst moment, messages stored and not yet finished."""
+
+    def __init__(self, store: Any, crash_file: str) -> None:
+        self.store = store
+        self.crash_file = crash_file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def fold(self, *args: Any) -> Any:
+        plan = await self.store.fold(*args)
+        if os.path.exists(self.crash_file):
+            os.unlink(self.crash_file)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return plan
+
+
 def appender(path: str) -> Any:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
@@ -46,6 +65,8 @@ def appender(path: str) -> Any:
 
 async def main(args: argparse.Namespace) -> None:
     store = make_store(args.store)
+    if args.crash_file:
+        store = CrashingStore(store, args.crash_file)
     counts = windows.count(
         key=lambda e: e["k"],
         window=windows.tumbling(WINDOW),
@@ -81,7 +102,9 @@ async def main(args: argparse.Namespace) -> None:
     print("consuming", flush=True)
     await stop.wait()
     await reader.close()
+    await counts.drain()
     await store.close()
+    print("stats:", json.dumps(counts.stats()), flush=True)
 
 
 if __name__ == "__main__":
@@ -93,4 +116,5 @@ if __name__ == "__main__":
     parser.add_argument("--max-in-flight", type=int, default=1000)
     parser.add_argument("--msg-timeout", type=float, default=3.0)
     parser.add_argument("--lease", type=float, default=3.0)
+    parser.add_argument("--crash-file", default="", help="SIGKILL after a commit once it exists")
     asyncio.run(main(parser.parse_args()))
