@@ -80,3 +80,14 @@ def stuck(ctx: WorkerContext) -> Any:
 
 
 NOT_CALLABLE = 42
+
+
+def strict(ctx: WorkerContext) -> Any:
+    """A subscriber that raises on a body of ``bad``: the Reader's boundary catches it."""
+
+    def handle(message: Any) -> None:
+        if message.body == b"bad":
+            raise ValueError("cannot handle 'bad'")
+        message.fin()
+
+    return ctx.reader().messages.subscribe(on_next=handle)
