@@ -8,10 +8,12 @@ tests/worker_apps.py; what their handlers saw goes to files under the test's tmp
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -536,3 +538,119 @@ def test_wrong_option_values_are_usage_errors(
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- options, docs and the runner hook, in process ---------------------------------------------
+
+
+def test_flags_win_over_environment_variables_which_win_over_defaults() -> None:
+    from rxnsq.cli.worker import _parsers
+    from rxnsq.worker.options import from_args
+
+    parser, worker_parser = _parsers()
+    environ = {
+        "RXNSQ_MAX_IN_FLIGHT": "50",
+        "RXNSQ_LOOKUPD_HTTP_ADDRESSES": "127.0.0.1:4161, 127.0.0.1:4261",
+        "RXNSQ_CONSUMER_OPTS": "max_tries,10;msg_timeout,2m",
+        "RXNSQ_AUTH_SECRET": "hush",
+        "RXNSQ_PROCESSES": "3",
+    }
+    args = parser.parse_args(["worker", "app:build", "--processes", "2", "--topic", "t"])
+    options = from_args(worker_parser, args, environ)
+    assert options.processes == 2  # the flag
+    assert options.max_in_flight == 50  # the variable
+    assert options.drain_timeout == 8.0 and options.channel is None  # defaults
+    assert options.lookupd_http_addresses == ("127.0.0.1:4161", "127.0.0.1:4261")
+    reader_options = options.reader_options()
+    assert reader_options["max_tries"] == 10 and reader_options["msg_timeout"] == 120.0
+    assert reader_options["auth_secret"] == "hush"
+    assert "hush" not in repr(options)
+
+
+def test_metrics_port_without_prometheus_client_is_a_usage_error(monkeypatch, capsys) -> None:
+    from rxnsq.cli import worker
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import fails
+    with pytest.raises(SystemExit) as exc:
+        worker.parse(["worker", "app:build", "--metrics-port", "9117"])
+    assert exc.value.code == 2
+    assert "pip install 'rxnsq[metrics]'" in capsys.readouterr().err
+
+
+def doc_worker_commands() -> list[list[str]]:
+    found = []
+    for page in ("worker.md", "deploying.md"):
+        text = (ROOT / "docs" / page).read_text()
+        for block in re.findall(r"^```bash\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+            for line in block.splitlines():
+                words = shlex.split(line, comments=True)
+                while words and "=" in words[0]:  # VAR=value before the command
+                    words.pop(0)
+                if words[:2] == ["rxnsq", "worker"]:
+                    found.append(words[1:])
+    return found
+
+
+def test_every_documented_worker_command_parses() -> None:
+    from rxnsq.cli.worker import _parsers
+
+    commands = doc_worker_commands()
+    assert len(commands) >= 4
+    parser, _worker = _parsers()
+    for words in commands:
+        try:
+            parser.parse_args(words)
+        except SystemExit:  # pragma: no cover - argparse printed why
+            pytest.fail(f"docs: rxnsq {shlex.join(words)} does not parse")
+
+
+RUNNER_SCRIPT = """
+import asyncio, signal
+from rxnsq import runner
+
+class Fake:
+    def __init__(self, name, takes, log):
+        self.name, self.takes, self.log = name, takes, log
+        runner.register(self)
+    async def close(self, timeout=30.0):
+        self.log.append((self.name, round(timeout, 1)))
+        await asyncio.sleep(min(self.takes, timeout))
+
+class FakeReader(Fake):
+    def set_max_in_flight(self, n): pass
+
+log = []
+clients = [FakeReader("reader", 0.3, log), Fake("writer", 0.0, log)]
+
+async def main():
+    assert runner.stop() is True
+    assert runner.stop() is True  # asked twice (a signal and the supervisor): one drain
+    await asyncio.sleep(60)
+
+outcome = runner.serve(main(), drain_timeout=1.0)
+print(repr((outcome.signal.name, outcome.hurried, log, runner.stop())))
+
+async def hurry():
+    runner.stop(signal.SIGINT, hurry=True)
+    await asyncio.sleep(60)
+
+log.clear()
+clients[0].takes = 30
+outcome = runner.serve(hurry(), drain_timeout=2.0)
+print(repr((outcome.signal.name, outcome.hurried, log)))
+"""
+
+
+def test_runner_stop_drains_once_and_writers_get_what_the_readers_left() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", RUNNER_SCRIPT], capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    first, second = (ast.literal_eval(line) for line in result.stdout.splitlines())
+    # the reader took 0.3 of the 1.0 s budget: the writer got the rest, no more
+    assert first[:2] == ("SIGTERM", False) and first[3] is False  # no serve() left to stop
+    (_, reader_budget), (_, writer_budget) = first[2]
+    assert reader_budget == 1.0 and 0.6 <= writer_budget <= 0.7, first
+    # hurry: the reader's close is asked again with 0 (requeue what it waits for, now)
+    assert second[:2] == ("SIGINT", True) and second[2][:2] == [("reader", 2.0), ("reader", 0)]
