@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -385,7 +386,7 @@ def test_readyz_is_unready_before_the_first_connection_and_during_the_drain(
 def test_healthz_fails_when_a_process_loop_is_stuck(nsqd, tmp_path, workers) -> None:
     worker = Worker(
         tmp_path, "tests.worker_apps:stuck", "--topic", "t", "--channel", "c",
-        "--nsqd-tcp-address", nsqd.tcp_address, "--heartbeat-timeout", "2",
+        "--nsqd-tcp-address", nsqd.tcp_address, "--heartbeat-timeout", "2", "--drain-timeout", "1",
         "--metrics-port", "0",
     )  # fmt: skip
     workers.append(worker)
@@ -395,6 +396,19 @@ def test_healthz_fails_when_a_process_loop_is_stuck(nsqd, tmp_path, workers) -> 
     wait_until(lambda: worker.get("/healthz")[0] == 503, timeout=10)
     status, body = worker.probe("/healthz")
     assert body["alive"] is False and body["processes"][0]["running"] is True
+    # its loop never reads the end of file: the supervisor's death still ends it (SIGHUP, then
+    # an alarm after the drain timeout + 3 s)
+    (child,) = worker.pids().values()
+    worker.proc.kill()
+    worker.wait()
+    wait_until(lambda: not Path(f"/proc/{child}").exists() or _zombie(child), timeout=20,
+               message="the stuck process to end")  # fmt: skip
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return True
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -654,3 +668,36 @@ def test_runner_stop_drains_once_and_writers_get_what_the_readers_left() -> None
     assert reader_budget == 1.0 and 0.6 <= writer_budget <= 0.7, first
     # hurry: the reader's close is asked again with 0 (requeue what it waits for, now)
     assert second[:2] == ("SIGINT", True) and second[2][:2] == [("reader", 2.0), ("reader", 0)]
+
+
+def test_a_process_sent_sigterm_alone_drains_and_comes_back(nsqd, tmp_path, workers) -> None:
+    nsqd.create_channel("jobs", "work")
+    worker = Worker(
+        tmp_path, "tests.worker_apps:slow", "--processes", "2", "--topic", "jobs",
+        "--channel", "work", "--nsqd-tcp-address", nsqd.tcp_address, "--metrics-port", "0",
+    )  # fmt: skip
+    workers.append(worker)
+    worker.wait_ready()
+    first = worker.pids()[0]
+    os.kill(first, signal.SIGTERM)  # an operator's kill of one process, not of the worker
+    wait_until(lambda: worker.pids().get(0) not in (None, first), timeout=20)
+    assert f"process 0 (pid {first}) stopped on its own signal; restarting" in worker.log
+    worker.wait_ready()
+    assert worker.proc.poll() is None
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.log
+
+
+def test_the_worker_benchmark_runs(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", "--messages", "20000", "--reps", "1",
+         "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "worker.json").read_text())
+    one, two = report["rows"]
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert one["rate"] > 0 and two["rate"] > 0 and two["us_workers"] > 0
+    assert sum(two["shares"]) == 20000
+    assert "| 2 |" in (tmp_path / "worker.md").read_text()

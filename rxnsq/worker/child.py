@@ -10,15 +10,21 @@ terminal's Ctrl-C reaches the whole process group; systemd signals the whole cgr
 the same drain: :func:`rxnsq.runner.stop` is idempotent, so a stop that arrives both ways
 still drains once, and only a second *distinct* request (``hurry``, or a second signal)
 requeues at once. When the supervisor dies (even from SIGKILL) the socket reaches end of file
-and the process drains and exits on its own: no orphan keeps consuming.
+and the process drains and exits on its own: no orphan keeps consuming. On Linux the kernel
+also sends SIGHUP when the supervisor dies (``PR_SET_PDEATHSIG``), whose handler arms an alarm
+for the drain timeout plus 3 s: a process whose loop is stuck (and so never reads the end of
+file) is ended by it all the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import inspect
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -66,8 +72,11 @@ class WorkerProcess:
         self.booted = False
         self.stop_requested = False
         self._push_scheduled = False
-        self._parent = os.getppid()
+        self._parent = os.getppid()  # checked every second too (no PDEATHSIG off Linux)
         self._readers_closed: asyncio.Event | None = None
+        #: Told to the supervisor before exiting: ``finished`` (the pipeline ended on its
+        #: own: not restarted), ``stopped`` (drained on request) or ``failed``.
+        self.exit_reason = "stopped"
 
     # --- reports to the supervisor -----------------------------------------------------------
 
@@ -172,6 +181,7 @@ class WorkerProcess:
                                  extra={"event": "caught_error", "error": repr(exc)})  # fmt: skip
             self.push()
             if self.channel is not None:
+                self.channel.send({"op": "exit", "reason": self.exit_reason})
                 await self.channel.drain()
             for helper in helpers:
                 helper.cancel()
@@ -184,18 +194,22 @@ class WorkerProcess:
         if task is not None and task.done() and not task.cancelled():
             error = task.exception()
             if error is not None:
+                self.exit_reason = "failed"
                 failure = PipelineError(f"the pipeline of {self.options.app} raised {error!r}")
                 logger.error("%s", failure, exc_info=error,
                              extra={"event": "pipeline_failed", "error": repr(error)})  # fmt: skip
                 return failure.exit_code
             logger.info("the pipeline returned: stopping", extra={"event": "finished"})
+            self.exit_reason = "finished"
             return 0
         fatal = self.ctx.fatal_error()
         if fatal is not None:
+            self.exit_reason = "failed"
             failure = PipelineError(f"a Reader failed for good: {fatal}")
             logger.error("%s", failure, extra={"event": "pipeline_failed", "error": repr(fatal)})
             return failure.exit_code
         logger.info("every Reader closed: stopping", extra={"event": "finished"})
+        self.exit_reason = "finished"
         return 0
 
     async def _boot_error(self, exc: FactoryError) -> int:
@@ -211,6 +225,22 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
+def _die_with_the_supervisor(supervisor: int, drain_timeout: float) -> None:
+    """SIGHUP when the supervisor dies (Linux), and an alarm from it: a healthy loop drains
+    on the socket's end of file well before the alarm; a stuck one is ended by it."""
+
+    def on_hangup(signum: int, frame: object) -> None:
+        signal.alarm(math.ceil(drain_timeout) + 3)  # SIGALRM's default action ends us
+
+    signal.signal(signal.SIGHUP, on_hangup)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGHUP, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != supervisor:  # it died before the line above
+        on_hangup(signal.SIGHUP, None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     sock = socket.socket(fileno=int(args[0]))
@@ -219,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     options = WorkerOptions.from_json(config["options"])
     process = int(config["process"])
     logs.setup(process, options.log_format, options.log_level)
+    _die_with_the_supervisor(int(config["supervisor"]), options.drain_timeout)
     try:
         factory = load_factory(options.app, options.app_dir)
     except AppImportError as exc:

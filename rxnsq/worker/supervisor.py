@@ -66,6 +66,9 @@ class Slot:
         self.finished = False
         self.restart_timer: asyncio.TimerHandle | None = None
         self.reaped: subprocess.Popen[bytes] | None = None
+        self.closed: subprocess.Popen[bytes] | None = None  # its control socket reached EOF
+        self.exited_at = 0.0  # monotonic, when the exit was first seen
+        self.exit_reason = ""  # what the process said before exiting: finished or stopped
 
     @property
     def running(self) -> bool:
@@ -194,9 +197,12 @@ class Supervisor:
         slot.booted = False
         slot.boot_error = None
         slot.state = None
+        slot.exit_reason = ""
         channel = await Channel.open(parent_end)
         slot.channel = channel
-        channel.send({"options": self.options.to_json(), "process": slot.index})
+        channel.send(
+            {"options": self.options.to_json(), "process": slot.index, "supervisor": os.getpid()}
+        )
         if self.stopping is not None:  # a signal came while it was starting
             channel.send({"op": "stop", "signal": self.stopping.name, "hurry": self.hurried})
         task = asyncio.get_running_loop().create_task(self._listen(slot, channel))
@@ -211,7 +217,7 @@ class Supervisor:
             except ValueError as exc:
                 logger.error("process %d: bad control message: %s", slot.index, exc)
                 continue
-            if message is None:
+            if message is None or slot.proc is not proc:
                 break
             op = message.get("op")
             if op == "state":
@@ -225,7 +231,10 @@ class Supervisor:
                 )  # fmt: skip
             elif op == "boot_error":
                 slot.boot_error = (int(message.get("code", 1)), str(message.get("error", "")))
+            elif op == "exit":
+                slot.exit_reason = str(message.get("reason", ""))
         channel.close()
+        slot.closed = proc
         self.reap()  # the process closed its end: it is exiting (SIGCHLD tells when)
 
     async def _reap_periodically(self) -> None:
@@ -234,11 +243,17 @@ class Supervisor:
             self.reap()
 
     def reap(self) -> None:
-        """Notice every process that has exited (SIGCHLD, or the periodic check)."""
+        """Notice every process that has exited (SIGCHLD, or the periodic check), once its
+        last messages were read (what it said before exiting decides what happens next)."""
+        now = time.monotonic()
         for slot in self.slots:
             proc = slot.proc
-            if proc is not None and proc is not slot.reaped and proc.poll() is not None:
+            if proc is None or proc is slot.reaped or proc.poll() is None:
+                continue
+            slot.exited_at = slot.exited_at or now
+            if slot.closed is proc or now - slot.exited_at > 2.0:
                 slot.reaped = proc
+                slot.exited_at = 0.0
                 self._exited(slot, proc.returncode)
 
     # --- exits and restarts ------------------------------------------------------------------
@@ -257,10 +272,19 @@ class Supervisor:
             logger.error("process %d could not start: %s", slot.index, error,
                          extra={"event": "boot_failed", **fields})  # fmt: skip
             self.fail(boot_code)
-        elif code == 0:
+        elif code == 0 and slot.exit_reason == "finished":
             slot.finished = True
             logger.info("process %d finished (its pipeline ended)", slot.index,
                         extra={"event": "process_finished", **fields})  # fmt: skip
+        elif code == 0:
+            # drained after a signal sent to it alone (an operator's kill): it comes back
+            logger.warning(
+                "process %d (pid %d) stopped on its own signal; restarting in %.1fs",
+                slot.index, slot.pid or -1, RESTART_DELAY,
+                extra={"event": "process_stopped", "delay": RESTART_DELAY, **fields},
+            )  # fmt: skip
+            loop = asyncio.get_running_loop()
+            slot.restart_timer = loop.call_later(RESTART_DELAY, self._restart, slot)
         else:
             slot.crashes_in_a_row = slot.crashes_in_a_row + 1 if ran < RESET_AFTER else 1
             if slot.crashes_in_a_row > self.options.max_restarts:
