@@ -70,6 +70,8 @@ RXNSQ, PYNSQ, GO, COMPAT, NSQ = "rxnsq", "pynsq", "go-nsq", "rxnsq.compat", "nsq
 #: rxnsq-only scenarios and the scenario whose pynsq/go-nsq figures they are compared with
 COMPARED_WITH = {
     "consume_batch500": "consume_mif2500",
+    "consume_batch200": "consume_mif200",
+    "consume_keyed_batch": "consume_mif200",
     "publish_sink": "publish_mpub100",
     "publish_sink_direct": "publish_mpub100",
     "publish_sink_send": "publish_mpub100",
@@ -183,6 +185,26 @@ def scenarios(s: Settings) -> list[Scenario]:
             {RXNSQ: "batch"},
             mif=2500,
             batch=500,
+            reps=s.reps,
+        ),
+        Scenario(
+            "consume_batch200",
+            "consume, batch(200, 1 s) + process_batch, mif 200",
+            "consume",
+            s.count,
+            {RXNSQ: "batch"},
+            mif=200,
+            batch=200,
+            reps=s.reps,
+        ),
+        Scenario(
+            "consume_keyed_batch",
+            "consume, batch(50, 1 s, key: 5 keys) + process_batch, mif 200",
+            "consume",
+            s.count,
+            {RXNSQ: "keyed_batch"},
+            mif=200,
+            batch=50,
             reps=s.reps,
         ),
         Scenario(
@@ -865,6 +887,15 @@ def build_report(bench: Bench, started: float, args: argparse.Namespace) -> dict
             1.0,
         ),
         target(
+            "keyed batch (5 keys x 50, mif 200) within 2x of an unkeyed batch(200) "
+            "(throughput ratio >= 0.5)",
+            ratio(
+                get("consume_keyed_batch", RXNSQ, "throughput"),
+                get("consume_batch200", RXNSQ, "throughput"),
+            ),
+            0.5,
+        ),
+        target(
             "sink (max_batch 100) fed from an RxPY Subject >= 1.0x pynsq's MPUB of 100",
             ratio(
                 get("publish_sink", RXNSQ, "throughput"),
@@ -1081,7 +1112,8 @@ def markdown(report: dict[str, Any]) -> str:
             continue
         cells = [_cell(clients.get(c), "throughput") for c in (PYNSQ, RXNSQ, GO, NSQ)]
         if scenario_id in COMPARED_WITH:
-            label = "(MPUB row)" if row["kind"] == "publish" else "(mif 2500 row)"
+            base = COMPARED_WITH[scenario_id]
+            label = "(MPUB row)" if row["kind"] == "publish" else f"({base.split('_')[1]} row)"
             cells = [label if c == NA else c for c in cells]
         if row.get("timed") is False:
             cells = [c if c == NA else f"({c})" for c in cells]

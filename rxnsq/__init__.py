@@ -3,10 +3,11 @@
 Layers, bottom up: :mod:`rxnsq.protocol` (wire format, no IO) and :mod:`rxnsq.errors`;
 :mod:`rxnsq.connection` (one nsqd); :mod:`rxnsq.flow` (RDY and backoff as plain logic);
 :class:`Reader` (an ``Observable[Message]``), :mod:`rxnsq.ops` (ack-aware operators) and
-:class:`Writer` (awaitable publishes, an Observer sink, a publish operator).
+:class:`Writer` (awaitable publishes, an Observer sink, a publish operator);
+:mod:`rxnsq.windows` (keyed event-time windows, exact across crashes with a store).
 """
 
-from . import ops
+from . import ops, windows
 from ._version import __version__
 from .config import ConnectionOptions
 from .connection import Connection, ConnectionEvent, ConnectionState
@@ -107,4 +108,5 @@ __all__ = [
     "loop_scheduler",
     "ops",
     "run",
+    "windows",
 ]

@@ -197,22 +197,6 @@ def delay_ms(delay: object, topic: str, max_delay: float) -> int:
     return round(delay * 1000)
 
 
-def split_bodies(bodies: list[bytes], max_body_size: int) -> list[list[bytes]]:
-    """Bodies in as few MPUBs as nsqd's ``--max-body-size`` allows (usually one)."""
-    parts: list[list[bytes]] = []
-    current: list[bytes] = []
-    size = 4
-    for body in bodies:
-        step = 4 + len(body)
-        if current and size + step > max_body_size:
-            parts.append(current)
-            current, size = [], 4
-        current.append(body)
-        size += step
-    parts.append(current)
-    return parts
-
-
 def commands_for(
     item: object, topic: str, max_msg_size: int, max_body_size: int, max_delay: float
 ) -> list[tuple[bytes, int]]:
@@ -226,7 +210,7 @@ def commands_for(
         bodies = bodies_bytes(item, topic, max_msg_size)
         return [
             (protocol.encode_checked_mpub(topic, part), len(part))
-            for part in split_bodies(bodies, max_body_size)
+            for part in protocol.split_mpub(bodies, max_body_size)
         ]
     return [(protocol.encode_checked_pub(topic, body_bytes(item, topic, max_msg_size)), 1)]
 

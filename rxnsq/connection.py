@@ -41,6 +41,7 @@ import ssl
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import reactivex
@@ -73,6 +74,7 @@ __all__ = [
     "ConnectionDelegate",
     "ConnectionEvent",
     "ConnectionState",
+    "Heartbeat",
     "NegotiationError",
     "default_requeue_delay",
 ]
@@ -107,6 +109,14 @@ class ConnectionEvent(NamedTuple):
     kind: str
     data: Any = None
     message: Message[Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """nsqd at ``address`` sent a heartbeat at ``time`` (seconds since the epoch)."""
+
+    address: str
+    time: float
 
 
 class ConnectionDelegate(Protocol):
@@ -498,8 +508,9 @@ class Connection:
         with contextlib.suppress(StreamClosedError):
             self._last_write = self._stream.write(self._codec.encode(data))
 
-    def _command(self, data: bytes) -> asyncio.Future[bytes]:
-        """Send a command that nsqd answers, and a future for the answer (FIFO order)."""
+    def command(self, data: bytes) -> asyncio.Future[bytes]:
+        """Send an encoded command that nsqd answers (PUB, MPUB, DPUB, SUB, CLS); the future
+        resolves with the answer, in FIFO order, or fails with the typed error."""
         if self._state is not ConnectionState.READY:
             raise ConnectionClosedError(
                 f"{self.address}: connection is {self.state.value}, not ready"
@@ -512,7 +523,7 @@ class Connection:
 
     def pub(self, topic: str, body: bytes) -> asyncio.Future[bytes]:
         """PUB; the future resolves with ``OK`` or fails with the typed error."""
-        return self._command(protocol.encode_pub(topic, body))
+        return self.command(protocol.encode_pub(topic, body))
 
     def mpub(
         self, topic: str, bodies: Iterable[bytes], *, checked: bool = False
@@ -522,12 +533,12 @@ class Connection:
         ``checked=True`` skips the per-message checks for bodies (a list) already checked.
         """
         if checked:
-            return self._command(protocol.encode_checked_mpub(topic, bodies))  # type: ignore[arg-type]
-        return self._command(protocol.encode_mpub(topic, bodies))
+            return self.command(protocol.encode_checked_mpub(topic, bodies))  # type: ignore[arg-type]
+        return self.command(protocol.encode_mpub(topic, bodies))
 
     def dpub(self, topic: str, delay: float, body: bytes) -> asyncio.Future[bytes]:
         """DPUB, deferred by ``delay`` seconds; resolves with ``OK`` or fails."""
-        return self._command(protocol.encode_dpub(topic, round(delay * 1000), body))
+        return self.command(protocol.encode_dpub(topic, round(delay * 1000), body))
 
     async def subscribe(self, topic: str, channel: str) -> None:
         """SUB and wait for nsqd's ``OK`` (so a bad topic or missing right raises here)."""
@@ -535,7 +546,7 @@ class Connection:
             raise NSQConnectionError(f"{self.address}: already subscribed to {self.subscription}")
         command = protocol.encode_sub(topic, channel)
         self.subscription = (topic, channel)
-        await self._command(command)
+        await self.command(command)
         self._arm_sweeper()
         logger.info("%s: subscribed to %s/%s", self.address, topic, channel)
 
@@ -812,7 +823,7 @@ class Connection:
         try:
             if self.subscription is not None:
                 self.rdy_count = 0
-                cls = self._command(protocol.encode_cls())
+                cls = self.command(protocol.encode_cls())
                 self._set_state(ConnectionState.CLOSING)
                 async with asyncio.timeout(timeout):
                     await cls

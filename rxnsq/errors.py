@@ -59,6 +59,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "FATAL_CONNECT_ERRORS",
     "AuthError",
     "BadBodyError",
     "BadChannelError",
@@ -348,3 +349,14 @@ _HTTP_CLASS_BY_MESSAGE: dict[str, type[HTTPAPIError]] = {
 def error_from_http(method: str, url: str, status: int, message: str) -> HTTPAPIError:
     """The typed error for a non-2xx HTTP API reply whose reason is ``message``."""
     return _HTTP_CLASS_BY_MESSAGE.get(message, HTTPAPIError)(method, url, status, message)
+
+
+#: Connection failures no reconnect can cure (a wrong port, a refused AUTH, TLS not granted,
+#: an option nsqd refuses): a Reader fails its stream, a Writer stops waiting for them.
+FATAL_CONNECT_ERRORS: tuple[type[NSQError], ...] = (
+    AuthError,
+    NegotiationError,
+    WrongPortError,
+    ConfigError,
+    IdentifyError,
+)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
@@ -62,8 +62,10 @@ __all__ = [
     "identify_refusal",
     "is_valid_channel_name",
     "is_valid_topic_name",
+    "mpub_body_size",
     "parse_auth_response",
     "parse_identify_response",
+    "split_mpub",
 ]
 
 MAGIC_V2: Final = b"  V2"
@@ -226,6 +228,29 @@ def encode_checked_pub(topic: str, body: bytes) -> bytes:
 def encode_checked_dpub(topic: str, delay_ms: int, body: bytes) -> bytes:
     """DPUB of a checked message and topic; ``delay_ms`` an int already checked."""
     return _with_body(b"DPUB %s %d\n" % (topic.encode(), delay_ms), body)
+
+
+def mpub_body_size(bodies: Sequence[bytes]) -> int:
+    """The size of an MPUB body: a count word, then a size word and the bytes per message
+    (what nsqd compares with its ``--max-body-size``)."""
+    return 4 + 4 * len(bodies) + sum(map(len, bodies))
+
+
+def split_mpub(bodies: list[bytes], max_body_size: int) -> list[list[bytes]]:
+    """``bodies`` in as few MPUBs as ``max_body_size`` (nsqd's ``--max-body-size``) allows:
+    usually one; each part keeps the order."""
+    parts: list[list[bytes]] = []
+    current: list[bytes] = []
+    size = 4
+    for body in bodies:
+        step = 4 + len(body)
+        if current and size + step > max_body_size:
+            parts.append(current)
+            current, size = [], 4
+        current.append(body)
+        size += step
+    parts.append(current)
+    return parts
 
 
 def encode_checked_mpub(topic: str, parts: list[bytes]) -> bytes:

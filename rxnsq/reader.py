@@ -37,16 +37,14 @@ from reactivex.disposable import Disposable
 from . import protocol, runner
 from .address import http_address_list, tcp_address_list
 from .config import ConnectionOptions, check_range
-from .connection import Connection
+from .connection import Connection, Heartbeat
 from .errors import (
-    AuthError,
+    FATAL_CONNECT_ERRORS,
     ConfigError,
     ConnectionClosedError,
-    NegotiationError,
     NSQConnectionError,
     NSQError,
     StateError,
-    WrongPortError,
 )
 from .flow import BackoffState, BackoffStrategy, FlowController
 from .histogram import Histogram
@@ -60,8 +58,6 @@ __all__ = ["CaughtError", "Heartbeat", "Reader", "ReaderEvent"]
 
 logger = logging.getLogger(__name__)
 
-#: Errors that no reconnect can cure: the stream fails with them.
-_FATAL = (AuthError, NegotiationError, WrongPortError, ConfigError)
 
 #: How often at most the "abandoned messages" warning repeats (seconds).
 _ABANDON_WARNING_INTERVAL = 60.0
@@ -92,14 +88,6 @@ class CaughtError:
     stage: str
     message: Message[Any] | None = None
     address: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """nsqd at ``address`` sent a heartbeat at ``time`` (seconds since the epoch)."""
-
-    address: str
-    time: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -713,7 +701,7 @@ class Reader:
             first = address not in self._connect_errors
             self._connect_errors[address] = exc
             self._event("connect_failed", address, exc)
-            if isinstance(exc, _FATAL):
+            if isinstance(exc, FATAL_CONNECT_ERRORS):
                 logger.error("%s: %s", address, exc)
                 if self.fatal_retry_interval is None:
                     self._fail(exc)

@@ -27,12 +27,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import reactivex
 from reactivex import abc
-from reactivex.subject import Subject
 
 from . import protocol
 from ._items import Deferred, PublishResult, again, body_bytes
@@ -44,9 +45,36 @@ from .errors import (
     NSQError,
     SinkOverflowError,
 )
+from .streams import Broadcast
 
 if TYPE_CHECKING:
     from .writer import Writer
+
+#: Called once per publish command with None (confirmed) or the error.
+Done = Callable[[Exception | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class WriterLink:
+    """What a :class:`Sink` needs of its Writer, given by the Writer as its own bound methods:
+    the sink never reaches into the Writer's fields."""
+
+    #: The writer's loop, bound to the running one on first use (RuntimeError without one).
+    bind: Callable[[], asyncio.AbstractEventLoop]
+    #: The id of the loop's thread, None until bound.
+    thread: Callable[[], int | None]
+    #: Run ``fn(*args)`` on the loop, from any thread, in call order.
+    post: Callable[..., None]
+    #: An item (body, Deferred, list) as encoded commands ``(bytes, message count)``; raises
+    #: InvalidBodyError for what is not an item.
+    commands_for: Callable[[str, object], list[tuple[bytes, int]]]
+    #: Connect to every nsqd if not yet.
+    ensure_started: Callable[[], None]
+    #: Send commands for one item (now, or once a connection is up); ``done`` once each.
+    submit: Callable[[str, list[tuple[bytes, int]], float, Done], None]
+    #: Report on ``acks`` messages that failed before any command was sent.
+    ack_failed: Callable[[str, int, Exception], None]
+
 
 __all__ = ["Sink"]
 
@@ -85,6 +113,7 @@ class Sink(abc.ObserverBase[Any]):
     def __init__(
         self,
         writer: Writer,
+        link: WriterLink,
         topic: str,
         *,
         max_batch: int,
@@ -105,6 +134,7 @@ class Sink(abc.ObserverBase[Any]):
         if on_overflow not in ("error", "drop_oldest", "block"):
             raise ConfigError("on_overflow", on_overflow, '"error", "drop_oldest" or "block"')
         self.writer = writer
+        self._link = link
         self.topic = topic
         self.max_batch = max_batch
         self.max_delay = max_delay
@@ -118,7 +148,9 @@ class Sink(abc.ObserverBase[Any]):
         self.failed = 0
         self.commands = 0
         self.errors: list[Exception] = []
-        self.failures: Subject[PublishResult[Any]] = Subject()
+        self._failures: Broadcast[PublishResult[Any]] = Broadcast(f"sink {topic} failures")
+        #: One failed :class:`PublishResult` per failed item.
+        self.failures: reactivex.Observable[PublishResult[Any]] = self._failures.observable
         #: The error the source ended with (``on_error``), if any.
         self.source_error: Exception | None = None
 
@@ -147,8 +179,8 @@ class Sink(abc.ObserverBase[Any]):
         self._thread: int | None = None
         self._limits()
         try:
-            writer._bind()
-            self._thread = writer._thread
+            link.bind()
+            self._thread = link.thread()
         except RuntimeError:
             pass  # bound on first use, on the loop that feeds it
 
@@ -208,7 +240,7 @@ class Sink(abc.ObserverBase[Any]):
     def on_error(self, error: Exception) -> None:
         """The source failed: what it sent is still published; the sink completes."""
         if self._thread is not None and self._thread != _get_ident():
-            self.writer._post(self.on_error, error)
+            self._link.post(self.on_error, error)
             return
         logger.error("sink for %s: the source failed: %r", self.topic, error)
         self.source_error = error
@@ -217,7 +249,7 @@ class Sink(abc.ObserverBase[Any]):
     def on_completed(self) -> None:
         """The source completed: send what is buffered; ``done`` resolves once all is settled."""
         if self._thread is not None and self._thread != _get_ident():
-            self.writer._post(self._complete)
+            self._link.post(self._complete)
             return
         self._complete()
 
@@ -303,8 +335,8 @@ class Sink(abc.ObserverBase[Any]):
     # --- off the loop --------------------------------------------------------------------------
 
     def _bind(self) -> None:
-        self.writer._bind()
-        self._thread = self.writer._thread
+        self._link.bind()
+        self._thread = self._link.thread()
 
     def _from_elsewhere(self, value: Any) -> None:
         if self._thread is None:
@@ -320,7 +352,7 @@ class Sink(abc.ObserverBase[Any]):
                 finally:
                     self._blocked -= 1
                 self._handed += 1
-        self.writer._post(self._put_handed, value)
+        self._link.post(self._put_handed, value)
 
     def _has_room_for_thread(self) -> bool:
         return (
@@ -348,7 +380,7 @@ class Sink(abc.ObserverBase[Any]):
             return
         if isinstance(value, Deferred | list | tuple):
             try:
-                commands = self.writer._commands_for(self.topic, value)
+                commands = self._link.commands_for(self.topic, value)
             except NSQError as exc:
                 self._refuse(value, exc)
                 return
@@ -391,13 +423,11 @@ class Sink(abc.ObserverBase[Any]):
         """A batch began with no timer running: it is sent at the latest ``max_delay`` from
         now (a timer is not cancelled by a flush: it may send a later batch early, which
         costs less than a timer per batch). Connects the writer if it is not yet."""
-        writer = self.writer
-        writer._ensure_started()
-        assert writer._loop is not None
-        self._timer = writer._loop.call_later(self.max_delay, self._on_timer)
+        self._link.ensure_started()
+        self._timer = self._link.bind().call_later(self.max_delay, self._on_timer)
 
     def _not_open_error(self) -> NSQError:
-        if self._closed_error is not None or self.writer.closing:
+        if self._closed_error is not None or self.writer.is_closing:
             return ConnectionClosedError(
                 f"{self.writer.name} is closing: item for {self.topic!r} not published"
             )
@@ -444,7 +474,7 @@ class Sink(abc.ObserverBase[Any]):
     def flush(self) -> None:
         """Send what is buffered now (never an empty MPUB)."""
         if self._thread is not None and self._thread != _get_ident():
-            self.writer._post(self.flush)
+            self._link.post(self.flush)
             return
         bodies = self._buffer
         if not bodies:
@@ -467,9 +497,8 @@ class Sink(abc.ObserverBase[Any]):
     def _start_job(self, job: _Job, commands: list[tuple[bytes, int]]) -> None:
         job.left = len(commands)
         self.commands += len(commands)
-        writer = self.writer
         for command in commands:
-            writer._submit(
+            self._link.submit(
                 self.topic, [command], self.timeout, partial(self._part_done, job, command)
             )
 
@@ -486,16 +515,16 @@ class Sink(abc.ObserverBase[Any]):
             return
         error = job.failed[-1][1]
         if (
-            getattr(error, "retriable", False)
+            isinstance(error, NSQError)
+            and error.retriable
             and job.attempt < self.retries
-            and not self.writer.closing
+            and not self.writer.is_closing
             and self._closed_error is None
         ):
             retry = [command for command, _error in job.failed]
             job.failed = []
             job.attempt += 1
-            assert self.writer._loop is not None
-            self._retrying[job] = self.writer._loop.call_later(
+            self._retrying[job] = self._link.bind().call_later(
                 0.1 * job.attempt, self._retry, job, retry
             )
             return
@@ -524,13 +553,10 @@ class Sink(abc.ObserverBase[Any]):
             self.errors.append(error)
         if not acked:
             count = len(item) if isinstance(item, list | tuple) else 1
-            self.writer._ack_failed(self.topic, count, error)
-        if self.failures.observers:
+            self._link.ack_failed(self.topic, count, error)
+        if self._failures.has_observers:  # a raising subscriber is logged by the stream
             count = len(item) if isinstance(item, list | tuple) else 1
-            try:
-                self.failures.on_next(PublishResult(item, False, error, count))
-            except Exception:
-                logger.exception("sink for %s: a failures subscriber failed", self.topic)
+            self._failures.emit(PublishResult(item, False, error, count))
         self._check_done()
 
     def _release(self, items: int, nbytes: int) -> None:

@@ -23,38 +23,36 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import reactivex
 from reactivex import abc
 from reactivex.disposable import CompositeDisposable, Disposable
-from reactivex.subject import Subject
 
 from . import _items, protocol, runner
 from ._items import Body, Deferred, Item, PublishAck, PublishResult
 from .address import tcp_address_list
 from .config import ConnectionOptions, check_range
-from .connection import Connection, ConnectionState
+from .connection import Connection, ConnectionState, Heartbeat
 from .errors import (
-    AuthError,
+    FATAL_CONNECT_ERRORS,
     ConfigError,
     ConnectionClosedError,
-    IdentifyError,
     InvalidBodyError,
-    NegotiationError,
     NSQConnectionError,
     NSQError,
     PublishTimeoutError,
     SinkOverflowError,
-    WrongPortError,
 )
 from .message import Message
-from .sink import Sink
+from .reconnect import ReconnectDelays
+from .sink import Done, Sink, WriterLink
+from .streams import Broadcast
 
 __all__ = [
     "Body",
@@ -75,11 +73,9 @@ DEFAULT_MAX_BODY_SIZE = 5 * 1024 * 1024
 DEFAULT_MAX_REQ_TIMEOUT = 3600.0
 
 #: Connection errors no reconnect can cure (the Reader fails its stream with the same).
-_FATAL = (AuthError, NegotiationError, WrongPortError, ConfigError, IdentifyError)
 
 Callback = Callable[[Connection | None, Any], Any]
 #: Called once per command with None (confirmed) or the error.
-Done = Callable[[Exception | None], None]
 
 
 class Writer:
@@ -140,8 +136,15 @@ class Writer:
         self.max_body_size = max_body_size
         self.max_req_timeout = max_req_timeout
         self.connection_options = ConnectionOptions(**connection_options)
+        self._acks: Broadcast[PublishAck] = Broadcast(f"{self.name} acks")
+        self._closing_signal: Broadcast[None] = Broadcast(f"{self.name} closing", replay=True)
         #: One :class:`PublishAck` per publish command (and per item failed before sending).
-        self.acks: Subject[PublishAck] = Subject()
+        self.acks: reactivex.Observable[PublishAck] = self._acks.observable
+        #: Emits once, then completes, when ``close()`` begins (late subscribers too).
+        self.closing: reactivex.Observable[None] = self._closing_signal.observable
+        self._heartbeats: Broadcast[Heartbeat] = Broadcast(f"{self.name} heartbeats")
+        #: Every heartbeat of every connection (:class:`~rxnsq.reader.Heartbeat`).
+        self.heartbeats: reactivex.Observable[Heartbeat] = self._heartbeats.observable
         #: The latest connection error (None once every nsqd is connected).
         self.last_error: Exception | None = None
 
@@ -153,7 +156,7 @@ class Writer:
         self._next = 0
         self._connecting: dict[str, asyncio.Task[None]] = {}
         self._reconnects: dict[str, asyncio.TimerHandle] = {}
-        self._delays: dict[str, float] = {}
+        self._delays = ReconnectDelays(min(1.0, reconnect_interval), reconnect_interval)
         self._errors: dict[str, NSQError] = {}
         self._lost: set[str] = set()  # were connected, not back yet: worth waiting for
         self._changed: asyncio.Future[None] | None = None
@@ -165,8 +168,19 @@ class Writer:
         self._inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._inbox_scheduled = False
         self._sinks: list[Sink] = []
+        self._link = WriterLink(
+            bind=self._bind,
+            thread=lambda: self._thread,
+            post=self._post,
+            commands_for=self._commands_for,
+            ensure_started=self._ensure_started,
+            submit=self._submit,
+            ack_failed=self._ack_failed,
+        )
         self._close_started = False
         self._closing = False
+        self._closed: asyncio.Future[None] | None = None
+        self._close_deadline: float | None = None
         runner.register(self)
 
     def __repr__(self) -> str:
@@ -178,9 +192,17 @@ class Writer:
         return dict(self._conns)
 
     @property
-    def closing(self) -> bool:
+    def is_closing(self) -> bool:
         """True once ``close()`` has begun: stop feeding the writer."""
         return self._close_started
+
+    async def __aenter__(self) -> Self:
+        """``async with Writer(...) as writer:`` connects (``start()``) and closes it."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     @property
     def pending(self) -> int:
@@ -295,18 +317,32 @@ class Writer:
         self._conns[address] = conn
         self._conn_list = list(self._conns.values())
         self._errors.pop(address, None)
-        self._delays.pop(address, None)
+        self._delays.reset(address)
         self._lost.discard(address)
         if not self._errors:
             self.last_error = None
         conn.states.subscribe(lambda state: self._on_state(conn, state))
+        conn.heartbeats.subscribe(lambda _at: self._on_heartbeat(conn))
         self._notify()
         logger.info("%s: connected to %s", self.name, address)
+
+    def _on_heartbeat(self, conn: Connection) -> None:
+        if self._heartbeats.has_observers:
+            self._heartbeats.emit(Heartbeat(conn.address, time.time()))
+
+    def add_nsqd(self, address: str) -> None:
+        """Publish to one more nsqd too (connected now if the writer runs, else at start)."""
+        (address,) = tcp_address_list("address", address)
+        if address in self.nsqd_tcp_addresses:
+            return
+        self.nsqd_tcp_addresses = (*self.nsqd_tcp_addresses, address)
+        if self._started and not self._closing:
+            self._connect_soon(address)
 
     def _connect_failed(self, address: str, error: NSQError) -> None:
         self._errors[address] = error
         self.last_error = error
-        fatal = isinstance(error, _FATAL)
+        fatal = isinstance(error, FATAL_CONNECT_ERRORS)
         if fatal:
             self._lost.discard(address)  # no reconnect will cure it: do not wait for one
             logger.error("%s: cannot connect to %s: %s", self.name, address, error)
@@ -336,14 +372,9 @@ class Writer:
     def _schedule_reconnect(self, address: str, fatal: bool) -> None:
         if self._closing or self._loop is None:
             return
-        if fatal:  # only a change on the nsqd side helps: try again, but seldom
-            delay = self.reconnect_interval
-        else:
-            delay = self._delays.get(address, min(1.0, self.reconnect_interval))
-            self._delays[address] = min(delay * 2, self.reconnect_interval)
-        self._reconnects[address] = self._loop.call_later(
-            delay * random.uniform(0.8, 1.2), self._connect_soon, address
-        )
+        # a fatal failure: only a change on the nsqd side helps, so try again but seldom
+        delay = self.reconnect_interval if fatal else self._delays.next(address)
+        self._reconnects[address] = self._loop.call_later(delay, self._connect_soon, address)
 
     def _notify(self) -> None:
         """Wake whatever waits for a connection (one came up, an attempt ended, closing)."""
@@ -399,7 +430,7 @@ class Writer:
         )
         if not errors:
             return NSQConnectionError(message)
-        worst = next((e for e in errors if isinstance(e, _FATAL)), errors[0])
+        worst = next((e for e in errors if isinstance(e, FATAL_CONNECT_ERRORS)), errors[0])
         return _items.again(worst, message)
 
     # --- sending -------------------------------------------------------------------------------
@@ -428,7 +459,7 @@ class Writer:
     ) -> asyncio.Future[bytes]:
         """Send one publish command on ``conn``; watched for its timeout and for close; its
         outcome goes to ``acks`` and to ``done`` (one callback for both)."""
-        future = conn._command(data)
+        future = conn.command(data)
         deadline = started + timeout
         tracked = self._tracked.get(timeout)
         if tracked is None:
@@ -443,7 +474,7 @@ class Writer:
                 sweep.cancel()
             assert self._loop is not None
             self._sweep = self._loop.call_at(deadline, self._expire)
-        if done is not None or self.acks.observers:
+        if done is not None or self._acks.has_observers:
             future.add_done_callback(
                 partial(self._answered, topic, count, conn.address, started, done)
             )
@@ -463,9 +494,9 @@ class Writer:
             if not future.cancelled() and future.exception() is None
             else self._error_of(future)
         )
-        if self.acks.observers:
+        if self._acks.has_observers:
             assert self._loop is not None
-            self.acks.on_next(
+            self._acks.emit(
                 PublishAck(topic, count, error is None, error, address, self._loop.time() - started)
             )
         if done is not None:
@@ -484,8 +515,8 @@ class Writer:
 
     def _ack_failed(self, topic: str, count: int, error: Exception) -> None:
         """An ack for messages that failed before any command was sent."""
-        if self.acks.observers:
-            self.acks.on_next(PublishAck(topic, count, False, error))
+        if self._acks.has_observers:
+            self._acks.emit(PublishAck(topic, count, False, error))
 
     def _expire(self) -> None:
         """Fail every command whose timeout passed without nsqd's answer."""
@@ -608,7 +639,7 @@ class Writer:
 
         def prepare() -> tuple[bytes, int]:
             items = _items.bodies_bytes(bodies, topic, self.max_msg_size)
-            size = 4 + 4 * len(items) + sum(map(len, items))
+            size = protocol.mpub_body_size(items)
             if size > self.max_body_size:
                 raise InvalidBodyError(
                     f"MPUB to {topic!r} of {size} bytes is above max_body_size "
@@ -790,6 +821,7 @@ class Writer:
         protocol.check_topic_name(topic)
         sink = Sink(
             self,
+            self._link,
             topic,
             max_batch=max_batch,
             max_delay=max_delay,
@@ -832,7 +864,7 @@ class Writer:
                 observer: abc.ObserverBase[PublishResult[Any]],
                 scheduler: abc.SchedulerBase | None = None,
             ) -> abc.DisposableBase:
-                stage = _PublishStage(self, topic, body, limit, observer)
+                stage = _PublishStage(self, self._link, topic, body, limit, observer)
                 subscription = source.subscribe(
                     stage.on_next, stage.on_error, stage.on_completed, scheduler=scheduler
                 )
@@ -854,22 +886,36 @@ class Writer:
         still unanswered then fails with a retriable
         :class:`~rxnsq.errors.ConnectionClosedError` (it may or may not have been published).
         Then every connection is closed. Publishing afterwards raises."""
-        if self._close_started:
-            return
         check_range("timeout", timeout, 0.0, 86400.0)
+        if self._close_started:
+            if self._closed is not None:
+                if self._close_deadline is not None and self._loop is not None:
+                    # called again (a second signal): the drain ends no later than this
+                    self._close_deadline = min(self._close_deadline, self._loop.time() + timeout)
+                await asyncio.shield(self._closed)
+            return
         self._close_started = True
+        self._closing_signal.emit(None)
+        self._closing_signal.complete()
         if self._loop is None:
             self._closing = True
-            self.acks.on_completed()
+            self._acks.complete()
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        self._closed = loop.create_future()
+        try:
+            await self._drain_and_close(loop, timeout)
+        finally:
+            self._closed.set_result(None)
+
+    async def _drain_and_close(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._close_deadline = loop.time() + timeout
         for sink in self._sinks:
             sink.closing()
         while True:
             unanswered = [e[1] for dq in self._tracked.values() for e in dq if not e[1].done()]
             busy = unanswered or self._waiting or any(s.pending for s in self._sinks)
-            left = deadline - loop.time()
+            left = self._close_deadline - loop.time()
             if not busy or left <= 0:
                 break
             waits: list[asyncio.Future[Any]] = [*unanswered, *self._waiting]
@@ -896,7 +942,7 @@ class Writer:
         for sink in self._sinks:
             sink.abandon(ConnectionClosedError(f"{self.name} was closed before it was sent"))
         await asyncio.sleep(0)  # failure callbacks run before close() returns
-        self.acks.on_completed()
+        self._acks.complete()
 
     def _fail_unanswered(self, timeout: float) -> None:
         count = 0
@@ -958,12 +1004,14 @@ class _PublishStage:
     def __init__(
         self,
         writer: Writer,
+        link: WriterLink,
         topic: str,
         body: Callable[[Any], Any] | None,
         timeout: float,
         observer: abc.ObserverBase[PublishResult[Any]],
     ) -> None:
         self.writer = writer
+        self.link = link
         self.topic = topic
         self.body = body
         self.timeout = timeout
@@ -975,25 +1023,25 @@ class _PublishStage:
     def on_next(self, item: Any) -> None:
         entry = _Entry(item)
         self.queue.append(entry)
-        if self.writer.closing:  # like every new publish once close() began
+        if self.writer.is_closing:  # like every new publish once close() began
             error = ConnectionClosedError(
                 f"{self.writer.name} is closing: item for {self.topic!r} not published"
             )
-            self.writer._ack_failed(self.topic, 1, error)
+            self.link.ack_failed(self.topic, 1, error)
             entry.result = PublishResult(item, False, error)
             self._emit()
             return
         try:
             value = self._value(item)
-            commands = self.writer._commands_for(self.topic, value)
+            commands = self.link.commands_for(self.topic, value)
         except NSQError as exc:
-            self.writer._ack_failed(self.topic, 1, exc)
+            self.link.ack_failed(self.topic, 1, exc)
             entry.result = PublishResult(item, False, exc)
             self._emit()
             return
         entry.left = entry.parts = len(commands)
         entry.count = sum(count for _data, count in commands)
-        self.writer._submit(self.topic, commands, self.timeout, partial(self._done, entry))
+        self.link.submit(self.topic, commands, self.timeout, partial(self._done, entry))
 
     def _value(self, item: Any) -> Any:
         if self.body is None:

@@ -22,6 +22,8 @@ RXNSQ_ROWS = {
     "consume_mif200",
     "consume_mif2500",
     "consume_batch500",
+    "consume_batch200",
+    "consume_keyed_batch",
     "publish_pub",
     "publish_mpub100",
     "publish_sink",

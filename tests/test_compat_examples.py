@@ -137,6 +137,7 @@ def test_writer_in_a_tornado_web_handler(daemons, run_example) -> None:
         "writer_web.py", {"127.0.0.1:4150": nsqd.tcp_address, "8888": str(web_port)}
     )
     url = f"http://127.0.0.1:{web_port}/"
+    nsqd.create_channel("log", "c")  # to see the deferred message there
 
     def get() -> bytes | None:
         try:
@@ -146,8 +147,22 @@ def test_writer_in_a_tornado_web_handler(daemons, run_example) -> None:
             return None
 
     assert wait_until(get, timeout=20) == b"Hello world"
-    # pub + mpub of two now, one dpub deferred by 60 ms
-    wait_until(lambda: (nsqd.stats(topic="log")["topics"] or [{}])[0].get("message_count", 0) >= 3)
+
+    def published() -> int:
+        return int((nsqd.stats(topic="log")["topics"] or [{}])[0].get("message_count", 0))
+
+    # pub, mpub of two, the dpub (deferred 60000 ms) and the customized-callback pub
+    wait_until(lambda: published() >= 4)
+    time.sleep(0.3)
+    assert published() == 5, published()
+    log = channel(nsqd, "log", "c")
+    assert log["deferred_count"] == 1 and log["depth"] == 4
+    # the error path: nsqd gone, the callback gets an Error and publishes again (which fails
+    # too, and is logged); the handler and the process carry on
+    nsqd.kill()
+    assert get() == b"Hello world"
+    example.wait_output(lambda out: out.count("failed to publish") >= 2, timeout=30)
+    assert example.proc.poll() is None
     example.proc.send_signal(signal.SIGTERM)  # the example has no signal handling of its own
     example.proc.wait(timeout=10)
 

@@ -375,6 +375,7 @@ async def test_every_pynsq_attribute_is_documented_and_present(nsqd: Any) -> Non
             nsq.Message(b"0123456789abcdef", b"b", 0, 1),
         ),
         "BackoffTimer": (pynsq.BackoffTimer(0, 10), nsq.BackoffTimer(0, 10)),
+        "Writer": (pynsq.Writer([nsqd.tcp_address]), nsq.Writer([nsqd.tcp_address])),
     }
     for kind, (theirs, ours) in pairs.items():
         missing_in_doc = _public(theirs) - documented[kind]
@@ -384,6 +385,8 @@ async def test_every_pynsq_attribute_is_documented_and_present(nsqd: Any) -> Non
     await asyncio.sleep(0.2)  # pynsq's close() fails before its reader started (its bug)
     pairs["Reader"][0].close()
     await pairs["Reader"][1].close()
+    await pairs["Writer"][1].close()
+    assert pairs["Writer"][1].name == pairs["Writer"][0].name == nsqd.tcp_address
 
 
 def test_a_second_sigterm_stops_the_drain_at_once(nsqlookupd: Any, nsqd_factory: Any) -> None:
@@ -408,3 +411,24 @@ def test_a_second_sigterm_stops_the_drain_at_once(nsqlookupd: Any, nsqd_factory:
     assert time.monotonic() - started < 2 and proc.returncode == 0
     stats = nsqd.channel_stats("nsq_reader", "async")
     assert stats["depth"] == 2 and stats["in_flight_count"] == 0  # requeued, not left to time out
+
+
+@pytest.mark.parametrize("module", ["rxnsq.compat", "nsq"])
+async def test_writer_heartbeat_hook_is_called(nsqd: Any, module: str) -> None:
+    """pynsq calls ``Writer.heartbeat(conn)``; so does the compat Writer (a raising hook is
+    logged and the connection stays)."""
+    lib = nsq if module == "rxnsq.compat" else pynsq
+    ids: list[str] = []
+
+    class Writer(lib.Writer):  # type: ignore[name-defined]
+        def heartbeat(self, conn: Any) -> None:
+            ids.append(conn.id)
+            if module == "rxnsq.compat" and len(ids) == 1:
+                raise RuntimeError("hook bug")
+
+    writer = Writer([nsqd.tcp_address], heartbeat_interval=1)
+    await eventually(lambda: len(ids) >= 3, timeout=8)
+    assert set(ids) == {nsqd.tcp_address}
+    if module == "rxnsq.compat":
+        assert len(writer.conns) == 1 and writer.conns[nsqd.tcp_address].id == nsqd.tcp_address
+        await writer.close()

@@ -415,7 +415,7 @@ async def test_fatal_error_fails_the_command_and_the_rest(nsqd) -> None:
     errors_seen: list[errors.ProtocolError] = []
     conn.errors.subscribe(errors_seen.append)
     # a bad topic is fatal; the PUB pipelined behind it was never read by nsqd
-    first = conn._command(b"PUB bad!topic\n\x00\x00\x00\x01x")
+    first = conn.command(b"PUB bad!topic\n\x00\x00\x00\x01x")
     behind = conn.pub("f", b"x")
     with pytest.raises(errors.BadTopicError):
         await first

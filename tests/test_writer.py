@@ -142,7 +142,7 @@ async def test_invalid_topic_from_nsqd_is_typed(nsqd) -> None:
     await writer.pub("t", b"warm up")
     conn = next(iter(writer.connections.values()))
     with pytest.raises(errors.BadTopicError):
-        await conn._command(b"PUB bad!topic\n\x00\x00\x00\x01x")
+        await conn.command(b"PUB bad!topic\n\x00\x00\x00\x01x")
     await writer.close()
 
 
@@ -288,3 +288,17 @@ async def test_pub_nowait_pipelines_and_reports_each_reply(nsqd) -> None:
     with pytest.raises(errors.InvalidBodyError):
         writer.pub_nowait("nw", b"")
     await writer.close()
+
+
+async def test_async_with_and_the_closing_signal(nsqd) -> None:
+    closing: list[None] = []
+    acks: list[Any] = []
+    async with Writer(nsqd.tcp_address) as writer:
+        assert writer.connections  # connected on entry
+        writer.acks.subscribe(acks.append)
+        assert await writer.pub("with", b"x") == b"OK"
+        assert not writer.is_closing
+    assert writer.is_closing and writer.connections == {}
+    writer.closing.subscribe(closing.append)  # a late subscriber still learns it
+    assert closing == [None] and len(acks) == 1 and acks[0].ok
+    assert not hasattr(writer.acks, "on_next")  # a read-only stream, not a Subject

@@ -113,7 +113,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         required=True,
-        choices=["consume", "batch", "latency", "pub", "sink", "sink_direct", "sink_send", "mpub"],
+        choices=[
+            "consume",
+            "batch",
+            "keyed_batch",
+            "latency",
+            "pub",
+            "sink",
+            "sink_direct",
+            "sink_send",
+            "mpub",
+        ],
     )
     p.add_argument("--addr", required=True, help="nsqd TCP address")
     p.add_argument("--topic", required=True)

@@ -5,6 +5,7 @@ Modes:
            ``count`` messages are measured, then the rest of the backlog (``total``) is
            consumed too and the reader closed, so nsqd ends with nothing queued or in flight
   batch    ``reader.messages.pipe(nsq.batch(B, 1.0), nsq.process_batch(handler))``
+  keyed_batch  the same with ``key=`` five keys in turn (one open batch per key)
   latency  like consume; the handler records now - the publish time in the body
   pub      ``writer.pub_nowait`` pipelined: at most ``window`` unconfirmed (single PUBs)
   mpub     ``await writer.mpub(topic, bodies)`` with B bodies, ``window / B`` awaits in flight
@@ -19,6 +20,7 @@ Modes:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -116,6 +118,13 @@ async def consume(args: Any, profile: Profile) -> None:
     )
     if args.mode == "batch":
         stage = [nsq.batch(args.batch, timespan=1.0), nsq.process_batch(handle_batch)]
+    elif args.mode == "keyed_batch":
+        # the preloaded bodies are all alike: five keys in turn, as five users would be
+        turns = itertools.cycle(range(5))
+        stage = [
+            nsq.batch(args.batch, timespan=1.0, key=lambda _body: next(turns)),
+            nsq.process_batch(handle_batch),
+        ]
     else:
         stage = [nsq.process(handle)]
     reader.messages.pipe(*stage).subscribe(on_error=lambda e: common.fail(f"stream failed: {e!r}"))
@@ -275,6 +284,7 @@ def main() -> None:
         "consume": consume,
         "batch": consume,
         "latency": consume,
+        "keyed_batch": consume,
         "sink": sink,
         "sink_direct": sink,
         "sink_send": sink_send,

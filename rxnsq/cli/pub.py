@@ -162,7 +162,7 @@ async def publish(writer: Writer, args: argparse.Namespace) -> int:
                 while sink.pending >= HIGH_WATER:
                     answered.clear()
                     await answered.wait()
-                if writer.closing:  # a signal: the writer is draining, add nothing
+                if writer.is_closing:  # a signal: the writer is draining, add nothing
                     break
                 sink.on_next(chunk)
                 read += 1

@@ -10,15 +10,17 @@ from typing import Any
 from tornado.ioloop import IOLoop
 
 from .. import writer as core
-from ..connection import Connection
+from ..address import tcp_address_list
+from ..connection import Connection, Heartbeat
 from ..errors import NSQError
+from .conn import AsyncConn
 from .options import connection_options
 
 __all__ = ["Writer"]
 
 logger = logging.getLogger(__name__)
 
-Callback = Callable[[Connection | None, Any], Any]
+Callback = Callable[[AsyncConn | None, Any], Any]
 
 
 class Writer:
@@ -30,7 +32,8 @@ class Writer:
     at random; ``str`` bodies and tuples work, anything else that is not a body (None, an int,
     a list for ``pub``) fails with ``InvalidBodyError`` through the callback and the future;
     ``close()`` exists and waits for pending confirmations. ``writer.writer`` is the rxnsq
-    Writer underneath.
+    Writer underneath. Callbacks and the ``heartbeat`` hook get :class:`AsyncConn` views of
+    the connection; what they raise is logged and changes nothing else.
     """
 
     def __init__(
@@ -40,12 +43,17 @@ class Writer:
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        options, _ = connection_options(kwargs)
+        options, requeue_delay = connection_options(kwargs)
+        addresses = tcp_address_list("nsqd_tcp_addresses", nsqd_tcp_addresses)
+        self.name = name or (addresses[0] if addresses else "writer")  # pynsq's default
         self.writer = core.Writer(
-            nsqd_tcp_addresses, reconnect_interval=reconnect_interval, name=name, **options
+            addresses, reconnect_interval=reconnect_interval, name=self.name, **options
         )
-        self.name = self.writer.name
-        IOLoop.current().add_callback(self.writer.start)  # connect when the loop runs, as pynsq
+        self.conn_kwargs = dict(kwargs)
+        self.requeue_delay = requeue_delay
+        self.io_loop = IOLoop.current()
+        self.writer.heartbeats.subscribe(self._on_heartbeat)
+        self.io_loop.add_callback(self.writer.start)  # connect when the loop runs, as pynsq
 
     def __repr__(self) -> str:
         return f"<compat.Writer {self.name}>"
@@ -56,9 +64,9 @@ class Writer:
         """PUB; bad input (None, an int, a list...) reaches ``callback`` as a typed
         :class:`~rxnsq.errors.InvalidBodyError` and fails the returned future (never a
         ``TypeError`` here, never a coerced body)."""
-        callback = self._callback(callback)
         try:
-            return self.writer.pub_nowait(topic, msg, callback=callback)  # type: ignore[return-value]
+            future = self.writer.pub_nowait(topic, msg, callback=self._callback(callback))
+            return future  # type: ignore[return-value]
         except NSQError as exc:  # the callback already has it
             return _failed(exc)
 
@@ -82,19 +90,61 @@ class Writer:
         """Wait for pending publishes, then close every connection."""
         return self._spawn(self.writer.close())
 
+    # pynsq's hook, methods and attributes
+
+    def heartbeat(self, conn: AsyncConn) -> None:
+        """Hook: called on every heartbeat of a connection."""
+
+    def connect(self) -> None:
+        """Connect to every nsqd (publishing does it anyway)."""
+        self._spawn(self.writer.start())
+
+    def connect_to_nsqd(self, host: str, port: int) -> None:
+        """Publish to one more nsqd too."""
+        self.writer.add_nsqd(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
     @property
-    def conns(self) -> dict[str, Connection]:
-        return self.writer.connections
+    def nsqd_tcp_addresses(self) -> list[str]:
+        return list(self.writer.nsqd_tcp_addresses)
 
-    def _callback(self, callback: Callback | None) -> Callback:
-        if callback is not None:
-            return callback
+    @property
+    def reconnect_interval(self) -> float:
+        return self.writer.reconnect_interval
 
-        def log_failure(conn: Connection | None, data: Any) -> None:
-            if isinstance(data, Exception):
-                logger.error("[%s] failed to publish: %s", self.name, data)
+    @property
+    def conns(self) -> dict[str, AsyncConn]:
+        """The connections that are up, by ``host:port``, as AsyncConn views."""
+        views = (self._view(conn) for conn in self.writer.connections.values())
+        return {view.id: view for view in views}
 
-        return log_failure
+    def _view(self, conn: Connection) -> AsyncConn:
+        return AsyncConn.view(conn, self.requeue_delay)
+
+    def _on_heartbeat(self, beat: Heartbeat) -> None:
+        conn = self.writer.connections.get(beat.address)
+        if conn is None:
+            return
+        view = self._view(conn)
+        try:
+            self.heartbeat(view)
+        except Exception:
+            logger.exception("[%s] the heartbeat hook raised (%s); carrying on", self.name, view.id)
+
+    def _callback(self, callback: Callback | None) -> Callable[[Connection | None, Any], None]:
+        """The core's ``callback(connection, data)`` as pynsq's ``callback(conn, data)``."""
+
+        def call(conn: Connection | None, data: Any) -> None:
+            view = self._view(conn) if conn is not None else None
+            if callback is None:
+                if isinstance(data, Exception):
+                    logger.error("[%s] failed to publish: %s", self.name, data)
+                return
+            try:
+                callback(view, data)
+            except Exception:
+                logger.exception("[%s] a publish callback raised; carrying on", self.name)
+
+        return call
 
     @staticmethod
     def _spawn(coro: Any) -> asyncio.Task[Any]:

@@ -21,6 +21,7 @@ from .daemons import (
     find_binary,
     wait_until,
 )
+from .postgres import PostgresError, PostgresProcess, find_postgres
 from .publishing import publish
 
 __all__ = [
@@ -33,8 +34,11 @@ __all__ = [
     "NsqdFactory",
     "NsqdProcess",
     "NsqlookupdProcess",
+    "PostgresError",
+    "PostgresProcess",
     "eventually",
     "find_binary",
+    "find_postgres",
     "publish",
     "wait_until",
 ]

@@ -2,13 +2,16 @@
 
 Registered through the ``pytest11`` entry point, so it is active wherever rxnsq is installed.
 Fixtures: ``nsqd``, ``nsqd_factory``, ``nsqlookupd``, ``nsq_cluster``, ``nsq_cluster_factory``
-(all function-scoped). Tests using them get the ``nsqd`` marker (select with ``-m nsqd``).
+(all function-scoped); ``postgres_server`` (one private PostgreSQL per session) and
+``postgres_dsn`` (a fresh database on it per test). Tests using the nsqd ones get the
+``nsqd`` marker (select with ``-m nsqd``).
 When a test fails, the log tail of every daemon it started or received is added to the report.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import threading
@@ -27,6 +30,7 @@ from .daemons import (
     _close_leftovers_and_die,
     _collect_started,
 )
+from .postgres import PostgresProcess
 
 #: Fixtures that start daemons; tests using any of them get the ``nsqd`` marker.
 DAEMON_FIXTURES = frozenset(
@@ -187,3 +191,37 @@ def nsq_cluster_factory() -> Iterator[NsqClusterFactory]:
 def nsq_cluster(nsq_cluster_factory: NsqClusterFactory) -> NsqCluster:
     """Three nsqds registered with one nsqlookupd, closed after the test."""
     return nsq_cluster_factory()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresProcess]:
+    """A private PostgreSQL server (initdb in a temp dir, a free loopback port) for the
+    session; stopped and removed at the end."""
+    with PostgresProcess() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresProcess) -> str:
+    """The DSN of a new, empty database on :func:`postgres_server`, for one test."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"test_{os.getpid()}_{next(_databases)}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(postgres_server.dsn)
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+
+    # in a thread of its own: an async test may already be running a loop in this one
+    worker = threading.Thread(target=asyncio.run, args=(create(),))
+    worker.start()
+    worker.join()
+    return postgres_server.dsn.rsplit("/", 1)[0] + "/" + name
