@@ -701,3 +701,55 @@ def test_the_worker_benchmark_runs(tmp_path) -> None:
     assert one["rate"] > 0 and two["rate"] > 0 and two["us_workers"] > 0
     assert sum(two["shares"]) == 20000
     assert "| 2 |" in (tmp_path / "worker.md").read_text()
+
+
+# --- the deploying guide's PostgreSQL example, on two "machines" -------------------------------
+
+
+def test_the_deploying_guide_runs_on_two_workers_sharing_postgres(
+    nsq_cluster_factory, postgres_dsn, tmp_path, workers
+) -> None:
+    """docs/deploying.md's counts.py, run by two ``rxnsq worker --processes 2`` commands (two
+    machines) on one channel of two nsqd found through nsqlookupd, sharing one PostgreSQL:
+    each window is emitted once, with the exact count, whichever process saw what."""
+    text = (ROOT / "docs" / "deploying.md").read_text()
+    (code,) = [
+        b for b in re.findall(r"^```python\n(.*?)^```", text, re.M | re.S) if "Postgres" in b
+    ]
+    (tmp_path / "counts.py").write_text(code)
+    cluster = nsq_cluster_factory(nsqd_count=2, lookupd_count=1)
+    t0 = 1_700_000_040
+    pages = ["/", "/docs", "/pricing"]
+    first = [json.dumps({"page": p, "ts": t0 + i % 60}).encode() for i in range(100) for p in pages]
+    for nsqd, half in zip(cluster.nsqds, (first[::2], first[1::2]), strict=True):
+        nsqd.create_channel("clicks", "page-counts")
+        asyncio.run(publish(nsqd.tcp_address, "clicks", half))
+    lookupd = cluster.lookupds[0]
+    wait_until(lambda: len(lookupd.producers("clicks")) == 2)
+    args = ("--processes", "2", "--topic", "clicks", "--channel", "page-counts",
+            "--lookupd-http-address", lookupd.http_address, "--app-dir", str(tmp_path),
+            "--metrics-port", "0")  # fmt: skip
+    machines = [
+        Worker(tmp_path, "counts:build", *args, env={"COUNTS_DATABASE_URL": postgres_dsn})
+        for _ in range(2)
+    ]
+    workers.extend(machines)
+    wait_until(lambda: drained(cluster.nsqds, "clicks", "page-counts"), timeout=60)
+    wait_until(
+        lambda: sum(m.total("rxnsq_messages_finished_total") for m in machines) == 300,
+        timeout=10,
+    )
+    # one event per page far past the first window closes it (watermark 190 >= 60 + 120)
+    closers = [json.dumps({"page": p, "ts": t0 + 200}).encode() for p in pages]
+    asyncio.run(publish(cluster.nsqds[0].tcp_address, "clicks", closers))
+
+    def emitted() -> list[tuple[str, float, int]]:
+        lines = [line.split() for m in machines for line in m.log.splitlines()]
+        return [(w[0], float(w[1]), int(w[2])) for w in lines if len(w) == 3 and w[0] in pages]
+
+    wait_until(lambda: len(emitted()) >= 3, timeout=30, message="the three windows")
+    time.sleep(1.0)  # a window emitted twice would show by now
+    assert sorted(emitted()) == [(p, float(t0), 100) for p in sorted(pages)]
+    for machine in machines:
+        machine.signal(signal.SIGTERM)
+    assert [m.wait() for m in machines] == [0, 0]
