@@ -12,6 +12,7 @@ import ast
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -753,3 +754,19 @@ def test_the_deploying_guide_runs_on_two_workers_sharing_postgres(
     for machine in machines:
         machine.signal(signal.SIGTERM)
     assert [m.wait() for m in machines] == [0, 0]
+
+
+def test_the_log_filter_drops_only_what_the_worker_logs_itself() -> None:
+    from rxnsq.worker.logs import SupersededFilter
+
+    def record(func: str, msg: str, args: tuple[object, ...]) -> logging.LogRecord:
+        rec = logging.LogRecord("rxnsq.reader", logging.WARNING, "reader.py", 1, msg, args, None)
+        rec.funcName = func
+        return rec
+
+    keep = SupersededFilter().filter
+    assert not keep(record("report_error", "%s raised: %r", ("stage", ValueError())))
+    assert not keep(record("_give_up", "giving up on message %s after %d attempts", ("id", 5)))
+    assert not keep(record("_connect", "%s: cannot consume: %s", ("a:1", OSError("refused"))))
+    assert keep(record("_connect", "%s: max_in_flight %d is above max_rdy_count %d", ("a", 9, 5)))
+    assert keep(record("_requeue_held", "%s: requeued %d messages", ("r", 3)))

@@ -89,12 +89,23 @@ class JsonFormatter(logging.Formatter):
 
 class SupersededFilter(logging.Filter):
     """Drops the Reader's own lines for the events the worker logs itself, with fields
-    (caught errors, giving up, failed connects), so each event is one line, not two."""
+    (caught errors, giving up, failed connects), so each event is one line, not two.
 
-    SUPERSEDED = frozenset({"report_error", "_give_up", "_connect"})
+    Records are recognised by the Reader's function that logged them, and a failed connect
+    by its error argument, never by their text (the Reader's other warnings in the same
+    function, such as max_in_flight above nsqd's max_rdy_count, still show).
+    """
+
+    SUPERSEDED = frozenset({"report_error", "_give_up"})
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name == "rxnsq.reader" and record.funcName in self.SUPERSEDED)
+        if record.name != "rxnsq.reader":
+            return True
+        if record.funcName in self.SUPERSEDED:
+            return False
+        args = record.args if isinstance(record.args, tuple) else ()
+        failed_connect = bool(args) and isinstance(args[-1], BaseException)
+        return not (record.funcName == "_connect" and failed_connect)
 
 
 class _LineHandler(logging.StreamHandler[TextIO]):

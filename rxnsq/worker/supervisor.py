@@ -145,7 +145,7 @@ class Supervisor:
 
     # --- life --------------------------------------------------------------------------------
 
-    async def run(self, http: Any = None) -> int:
+    async def run(self) -> int:
         """Start every process and supervise until they are all gone; the exit code."""
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
