@@ -6,12 +6,12 @@ and calling ``MODULE:FACTORY``), :mod:`.context` (what the factory gets), :mod:`
 :mod:`.control` (the socket between a process and its supervisor), :mod:`.supervisor`
 (starting, restarting and stopping processes), :mod:`.metrics` (Prometheus), :mod:`.http`
 (``/metrics``, ``/healthz``, ``/readyz``), :mod:`.logs` (text and JSON lines),
-:mod:`.errors` (typed failures and their exit codes). The command is
+typed failures and their exit codes are in :mod:`rxnsq.errors` (``WorkerError``). The command is
 :mod:`rxnsq.cli.worker`; see ``docs/worker.md``.
 """
 
+from ..errors import AppImportError, FactoryError, PipelineError, WorkerError
 from .context import WorkerContext
-from .errors import AppImportError, FactoryError, PipelineError, WorkerError
 from .options import WorkerOptions
 
 __all__ = [

@@ -21,7 +21,7 @@ from typing import Any
 
 from reactivex import abc
 
-from .errors import AppImportError, FactoryError
+from ..errors import AppImportError, FactoryError
 
 __all__ = ["Started", "load_factory", "start_factory"]
 

@@ -34,11 +34,11 @@ from collections.abc import Awaitable
 from typing import Any
 
 from .. import runner
+from ..errors import AppImportError, FactoryError, PipelineError
 from . import logs
 from .app import load_factory, start_factory
 from .context import WorkerContext
 from .control import Channel
-from .errors import AppImportError, FactoryError, PipelineError
 from .options import WorkerOptions
 
 __all__ = ["main"]

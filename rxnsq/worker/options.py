@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..address import http_address_list, tcp_address_list
+from ..cli import _common
 from ..cli._common import (
-    OptionError,
     channel_name,
     consumer_options,
     duration,
@@ -270,6 +270,6 @@ def from_args(
     try:
         options.reader_options()
         options.writer_options()
-    except OptionError as exc:
+    except _common.OptionError as exc:
         parser.error(str(exc))
     return options

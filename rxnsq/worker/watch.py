@@ -15,16 +15,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import AuthError, ConfigError, NegotiationError, WrongPortError
+from ..errors import FATAL_CONNECT_ERRORS
 from ..reader import CaughtError, Reader, ReaderEvent
 from ..writer import PublishAck, Writer
 
 __all__ = ["ReaderWatch", "WriterWatch"]
 
 logger = logging.getLogger("rxnsq.worker")
-
-#: Connect errors that no retry cures: the Reader fails its stream with them.
-_FATAL = (AuthError, NegotiationError, WrongPortError, ConfigError)
 
 #: Seconds between two "publishes failed" lines of one writer.
 _PUBLISH_FAILURE_LINE_INTERVAL = 10.0
@@ -70,7 +67,7 @@ class ReaderWatch:
             self.on_change()
         elif kind == "connect_failed":
             self.connect_failures += 1
-            fatal = isinstance(event.detail, _FATAL)
+            fatal = isinstance(event.detail, FATAL_CONNECT_ERRORS)
             if fatal:
                 self.fatal = event.detail
             first = address not in self._failing
