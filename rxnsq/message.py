@@ -43,6 +43,10 @@ Outcome = Literal["fin", "req", "abandoned"]
 class ConsumerContext(Protocol):
     """What an operator may ask of the consumer (the Reader) that delivered a message."""
 
+    #: What it reads: with the message id, what names one message for good (a dedupe key).
+    topic: str
+    channel: str
+
     @property
     def max_in_flight(self) -> int: ...
 
@@ -76,6 +80,11 @@ class Settler(Protocol):
     @property
     def msg_timeout(self) -> float:
         """Seconds nsqd waits for a result before it takes a message back."""
+        ...
+
+    @property
+    def max_msg_timeout(self) -> float:
+        """The most time TOUCH can win a message in total (nsqd's --max-msg-timeout)."""
         ...
 
     def settle_fin(self, message: Message[Any]) -> None: ...
@@ -253,6 +262,10 @@ class DetachedSettler:
     @property
     def msg_timeout(self) -> float:
         return self._msg_timeout
+
+    @property
+    def max_msg_timeout(self) -> float:
+        return 900.0  # nsqd's default --max-msg-timeout
 
     def message(
         self,

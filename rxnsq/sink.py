@@ -30,7 +30,7 @@ import threading
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import reactivex
 from reactivex import abc
@@ -47,17 +47,22 @@ from .errors import (
 )
 from .streams import Broadcast
 
-if TYPE_CHECKING:
-    from .writer import Writer
-
 #: Called once per publish command with None (confirmed) or the error.
 Done = Callable[[Exception | None], None]
 
 
 @dataclass(frozen=True, slots=True)
 class WriterLink:
-    """What a :class:`Sink` needs of its Writer, given by the Writer as its own bound methods:
-    the sink never reaches into the Writer's fields."""
+    """What a :class:`Sink` needs of its Writer, given by the Writer as its own bound methods
+    and limits: the sink never reaches into the Writer's fields (nor imports it)."""
+
+    #: The writer's name, for messages.
+    name: str
+    #: nsqd's --max-msg-size and --max-body-size, as the writer was told.
+    max_msg_size: int
+    max_body_size: int
+    #: Whether the writer's ``close()`` has begun.
+    is_closing: Callable[[], bool]
 
     #: The writer's loop, bound to the running one on first use (RuntimeError without one).
     bind: Callable[[], asyncio.AbstractEventLoop]
@@ -112,7 +117,6 @@ class Sink(abc.ObserverBase[Any]):
 
     def __init__(
         self,
-        writer: Writer,
         link: WriterLink,
         topic: str,
         *,
@@ -127,13 +131,12 @@ class Sink(abc.ObserverBase[Any]):
     ) -> None:
         check_range("max_batch", max_batch, 1, 1 << 20, integer=True)
         check_range("max_delay", max_delay, 0.0, 3600.0)
-        check_range("max_bytes", max_bytes, 16, writer.max_body_size, integer=True)
+        check_range("max_bytes", max_bytes, 16, link.max_body_size, integer=True)
         check_range("max_pending", max_pending, 1, 1 << 31, integer=True)
         check_range("max_pending_bytes", max_pending_bytes, 1, 1 << 40, integer=True)
         check_range("retries", retries, 0, 1000, integer=True)
         if on_overflow not in ("error", "drop_oldest", "block"):
             raise ConfigError("on_overflow", on_overflow, '"error", "drop_oldest" or "block"')
-        self.writer = writer
         self._link = link
         self.topic = topic
         self.max_batch = max_batch
@@ -154,7 +157,7 @@ class Sink(abc.ObserverBase[Any]):
         #: The error the source ended with (``on_error``), if any.
         self.source_error: Exception | None = None
 
-        self._max_msg_size = writer.max_msg_size
+        self._max_msg_size = link.max_msg_size
         self._buffer: list[bytes] = []
         self._buffer_size = 4  # the MPUB body: a count word, then a size word per message
         self._fed = 0  # items fed, apart from those in the buffer
@@ -427,9 +430,9 @@ class Sink(abc.ObserverBase[Any]):
         self._timer = self._link.bind().call_later(self.max_delay, self._on_timer)
 
     def _not_open_error(self) -> NSQError:
-        if self._closed_error is not None or self.writer.is_closing:
+        if self._closed_error is not None or self._link.is_closing():
             return ConnectionClosedError(
-                f"{self.writer.name} is closing: item for {self.topic!r} not published"
+                f"{self._link.name} is closing: item for {self.topic!r} not published"
             )
         return NSQError(f"the sink for {self.topic!r} already completed: item not published")
 
@@ -518,7 +521,7 @@ class Sink(abc.ObserverBase[Any]):
             isinstance(error, NSQError)
             and error.retriable
             and job.attempt < self.retries
-            and not self.writer.is_closing
+            and not self._link.is_closing()
             and self._closed_error is None
         ):
             retry = [command for command, _error in job.failed]

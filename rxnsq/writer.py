@@ -169,6 +169,10 @@ class Writer:
         self._inbox_scheduled = False
         self._sinks: list[Sink] = []
         self._link = WriterLink(
+            name=self.name,
+            max_msg_size=self.max_msg_size,
+            max_body_size=self.max_body_size,
+            is_closing=lambda: self._close_started,
             bind=self._bind,
             thread=lambda: self._thread,
             post=self._post,
@@ -820,7 +824,6 @@ class Writer:
         """
         protocol.check_topic_name(topic)
         sink = Sink(
-            self,
             self._link,
             topic,
             max_batch=max_batch,
@@ -864,7 +867,7 @@ class Writer:
                 observer: abc.ObserverBase[PublishResult[Any]],
                 scheduler: abc.SchedulerBase | None = None,
             ) -> abc.DisposableBase:
-                stage = _PublishStage(self, self._link, topic, body, limit, observer)
+                stage = _PublishStage(self._link, topic, body, limit, observer)
                 subscription = source.subscribe(
                     stage.on_next, stage.on_error, stage.on_completed, scheduler=scheduler
                 )
@@ -1003,14 +1006,12 @@ class _PublishStage:
 
     def __init__(
         self,
-        writer: Writer,
         link: WriterLink,
         topic: str,
         body: Callable[[Any], Any] | None,
         timeout: float,
         observer: abc.ObserverBase[PublishResult[Any]],
     ) -> None:
-        self.writer = writer
         self.link = link
         self.topic = topic
         self.body = body
@@ -1023,9 +1024,9 @@ class _PublishStage:
     def on_next(self, item: Any) -> None:
         entry = _Entry(item)
         self.queue.append(entry)
-        if self.writer.is_closing:  # like every new publish once close() began
+        if self.link.is_closing():  # like every new publish once close() began
             error = ConnectionClosedError(
-                f"{self.writer.name} is closing: item for {self.topic!r} not published"
+                f"{self.link.name} is closing: item for {self.topic!r} not published"
             )
             self.link.ack_failed(self.topic, 1, error)
             entry.result = PublishResult(item, False, error)

@@ -387,6 +387,9 @@ async def test_every_pynsq_attribute_is_documented_and_present(nsqd: Any) -> Non
     await pairs["Reader"][1].close()
     await pairs["Writer"][1].close()
     assert pairs["Writer"][1].name == pairs["Writer"][0].name == nsqd.tcp_address
+    await asyncio.sleep(0.2)
+    for conn in pairs["Writer"][0].conns.values():  # pynsq's Writer has no close()
+        conn.close()
 
 
 def test_a_second_sigterm_stops_the_drain_at_once(nsqlookupd: Any, nsqd_factory: Any) -> None:
@@ -432,3 +435,7 @@ async def test_writer_heartbeat_hook_is_called(nsqd: Any, module: str) -> None:
     if module == "rxnsq.compat":
         assert len(writer.conns) == 1 and writer.conns[nsqd.tcp_address].id == nsqd.tcp_address
         await writer.close()
+    else:
+        for conn in list(writer.conns.values()):  # pynsq's Writer has no close()
+            conn.close()
+        await asyncio.sleep(0.1)

@@ -275,9 +275,11 @@ def test_exact_totals_though_the_consumer_is_killed_three_times(
     kills = [(0, rng.uniform(lo, lo + 0.15), how) for lo, how in zip(starts, ways, strict=True)]
     summary = run(big_nsqd(nsqd_factory), f"sqlite:{tmp_path / 'state.db'}", tmp_path,
                   kills=kills)  # fmt: skip
-    # nsqd did deliver again what the dead consumers held, some of it already stored: none
-    # of it was counted twice
-    assert summary["nsqd_timed_out"] > 0 and summary["ids_already_folded"] > 0
+    # nsqd did deliver again what the dead consumers held (some of it already stored: the
+    # summary shows how many redeliveries the restarted consumers recognised, when they exit
+    # cleanly; tests/test_windows_store.py checks that path deterministically), and run()
+    # checked that no window counted anything twice
+    assert summary["nsqd_timed_out"] > 0
 
 
 @pytest.mark.timeout(600)

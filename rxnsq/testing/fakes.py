@@ -24,8 +24,12 @@ _ids = itertools.count(1)
 class FakeConsumer:
     """A :class:`~rxnsq.message.ConsumerContext` under a test's control."""
 
-    def __init__(self, max_in_flight: int = 100) -> None:
+    def __init__(
+        self, max_in_flight: int = 100, topic: str = "topic", channel: str = "channel"
+    ) -> None:
         self.max_in_flight = max_in_flight
+        self.topic = topic
+        self.channel = channel
         self.starved = False
         self.errors: list[tuple[BaseException, str, Message[Any] | None]] = []
         self._closing = Broadcast[None]("fake consumer closing", replay=True)

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, TypeVar
 
 import reactivex
 from reactivex import abc
@@ -60,22 +60,6 @@ A = TypeVar("A")
 
 #: How long before nsqd's max-msg-timeout a held message makes the small mode give up.
 _TIMEOUT_MARGIN = 0.1
-
-
-@runtime_checkable
-class _Subscribed(Protocol):
-    """A consumer that says what it reads (a Reader): part of a message's dedupe id."""
-
-    topic: str
-    channel: str
-
-
-@runtime_checkable
-class _Limited(Protocol):
-    """A connection that says how long TOUCH can keep a message (nsqd's max-msg-timeout)."""
-
-    @property
-    def max_msg_timeout(self) -> float: ...
 
 
 def _positive(option: str, value: object, *, zero: bool = False) -> float:
@@ -332,8 +316,7 @@ class _HeldRun(Generic[V, K, A]):
         self.started = True
         self.consumer = message.consumer
         connection = message.connection
-        if isinstance(connection, _Limited):
-            self.max_age = connection.max_msg_timeout
+        self.max_age = connection.max_msg_timeout
         interval = self.op.touch_interval or connection.msg_timeout / 2
         self.timers.add(_every(self.scheduler, interval, self.touch))
         if self.consumer is not None:
@@ -604,7 +587,7 @@ class _StoredRun(Generic[V, K, A]):
     def on_next(self, message: Message[V]) -> None:
         if self.source is None:
             consumer = message.consumer
-            if isinstance(consumer, _Subscribed):
+            if consumer is not None:  # what the reader reads: part of a message's dedupe id
                 self.source = f"{consumer.topic}/{consumer.channel}/".encode()
             else:
                 self.source = b"-/-/"
