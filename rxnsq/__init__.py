@@ -12,6 +12,7 @@ from ._version import __version__
 from .config import ConnectionOptions
 from .connection import Connection, ConnectionEvent, ConnectionState
 from .errors import (
+    AppImportError,
     AuthError,
     BadBodyError,
     BadChannelError,
@@ -20,6 +21,7 @@ from .errors import (
     ConfigError,
     ConnectionClosedError,
     ConnectTimeoutError,
+    FactoryError,
     FrameError,
     HTTPAPIError,
     HTTPInvalidBodyError,
@@ -34,12 +36,14 @@ from .errors import (
     NegotiationError,
     NSQConnectionError,
     NSQError,
+    PipelineError,
     ProtocolError,
     PublishError,
     PublishTimeoutError,
     SinkOverflowError,
     StateError,
     SubscribeError,
+    WorkerError,
     WrongPortError,
 )
 from .flow import BackoffState, ExponentialBackoff, FullJitterBackoff
@@ -53,6 +57,7 @@ from .sync import SyncConnection
 from .writer import Deferred, PublishAck, PublishResult, Writer
 
 __all__ = [
+    "AppImportError",
     "AuthError",
     "BackoffState",
     "BadBodyError",
@@ -70,6 +75,7 @@ __all__ = [
     "ConnectionState",
     "Deferred",
     "ExponentialBackoff",
+    "FactoryError",
     "Failure",
     "FrameError",
     "FullJitterBackoff",
@@ -91,6 +97,7 @@ __all__ = [
     "NSQError",
     "NegotiationError",
     "NsqdHTTPClient",
+    "PipelineError",
     "ProtocolError",
     "PublishAck",
     "PublishError",
@@ -102,6 +109,7 @@ __all__ = [
     "StateError",
     "SubscribeError",
     "SyncConnection",
+    "WorkerError",
     "Writer",
     "WrongPortError",
     "__version__",

@@ -32,18 +32,25 @@ The tree::
     │   │                             BODY_TOO_BIG, BAD_MESSAGE, BAD_BODY
     │   └── HTTPInvalidNameError      also an InvalidNameError: INVALID_TOPIC, INVALID_ARG_TOPIC,
     │                                 INVALID_ARG_CHANNEL
-    └── ProtocolError                 an ``E_*`` error frame from nsqd; ``code``, ``text``
-        ├── InvalidError              E_INVALID, E_BAD_PROTOCOL
-        ├── BadBodyError              E_BAD_BODY
-        ├── BadMessageError           E_BAD_MESSAGE
-        ├── BadTopicError             E_BAD_TOPIC
-        ├── BadChannelError           E_BAD_CHANNEL
-        ├── IdentifyError             E_IDENTIFY_FAILED
-        ├── AuthError                 E_AUTH_FIRST, E_AUTH_FAILED, E_UNAUTHORIZED,
-        │                             E_AUTH_DISABLED, E_AUTH_ERROR
-        ├── PublishError              E_PUB_FAILED, E_MPUB_FAILED, E_DPUB_FAILED
-        ├── SubscribeError            E_SUB_FAILED
-        └── MessageResponseError      E_FIN_FAILED, E_REQ_FAILED, E_TOUCH_FAILED (non-fatal)
+    ├── ProtocolError                 an ``E_*`` error frame from nsqd; ``code``, ``text``
+    │   ├── InvalidError              E_INVALID, E_BAD_PROTOCOL
+    │   ├── BadBodyError              E_BAD_BODY
+    │   ├── BadMessageError           E_BAD_MESSAGE
+    │   ├── BadTopicError             E_BAD_TOPIC
+    │   ├── BadChannelError           E_BAD_CHANNEL
+    │   ├── IdentifyError             E_IDENTIFY_FAILED
+    │   ├── AuthError                 E_AUTH_FIRST, E_AUTH_FAILED, E_UNAUTHORIZED,
+    │   │                             E_AUTH_DISABLED, E_AUTH_ERROR
+    │   ├── PublishError              E_PUB_FAILED, E_MPUB_FAILED, E_DPUB_FAILED
+    │   ├── SubscribeError            E_SUB_FAILED
+    │   └── MessageResponseError      E_FIN_FAILED, E_REQ_FAILED, E_TOUCH_FAILED (non-fatal)
+    └── WorkerError                   ``rxnsq worker``: user code it runs failed; ``exit_code``
+        ├── AppImportError            MODULE:FACTORY cannot be imported, has no such attribute
+        │                             or is not callable (exit 2, like a usage error)
+        ├── FactoryError              the factory raised, or returned neither a disposable, an
+        │                             awaitable nor None (exit 3; not restarted)
+        └── PipelineError             what the factory built failed while running (exit 1;
+                                      the process is restarted)
 
 ``fatal`` tells whether nsqd closes the connection after the error: every ``E_*`` code is fatal
 except the three message-response failures, which usually mean a message timed out and was
@@ -60,6 +67,7 @@ from typing import ClassVar
 
 __all__ = [
     "FATAL_CONNECT_ERRORS",
+    "AppImportError",
     "AuthError",
     "BadBodyError",
     "BadChannelError",
@@ -68,6 +76,7 @@ __all__ = [
     "ConfigError",
     "ConnectTimeoutError",
     "ConnectionClosedError",
+    "FactoryError",
     "FrameError",
     "HTTPAPIError",
     "HTTPInvalidBodyError",
@@ -82,12 +91,14 @@ __all__ = [
     "NSQConnectionError",
     "NSQError",
     "NegotiationError",
+    "PipelineError",
     "ProtocolError",
     "PublishError",
     "PublishTimeoutError",
     "SinkOverflowError",
     "StateError",
     "SubscribeError",
+    "WorkerError",
     "WrongPortError",
     "error_from_frame",
     "error_from_http",
@@ -349,6 +360,31 @@ _HTTP_CLASS_BY_MESSAGE: dict[str, type[HTTPAPIError]] = {
 def error_from_http(method: str, url: str, status: int, message: str) -> HTTPAPIError:
     """The typed error for a non-2xx HTTP API reply whose reason is ``message``."""
     return _HTTP_CLASS_BY_MESSAGE.get(message, HTTPAPIError)(method, url, status, message)
+
+
+class WorkerError(NSQError):
+    """``rxnsq worker``: user code it runs failed; ``exit_code`` is the process' status."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class AppImportError(WorkerError):
+    """``MODULE:FACTORY`` could not be resolved to a callable (a usage error: exit 2)."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class FactoryError(WorkerError):
+    """The factory raised, or returned something the worker cannot run (exit 3)."""
+
+    exit_code: ClassVar[int] = 3
+
+
+class PipelineError(WorkerError):
+    """The running pipeline failed: its coroutine raised, or a Reader failed for good
+    (exit 1; the process is restarted)."""
+
+    exit_code: ClassVar[int] = 1
 
 
 #: Connection failures no reconnect can cure (a wrong port, a refused AUTH, TLS not granted,

@@ -4,8 +4,11 @@ Readers and Writers register here when they are built. On SIGTERM or SIGINT, ``r
 every one of them gracefully, readers first (RDY 0 and CLS at once, so nothing more is
 fetched; in-flight messages get up to ``drain_timeout`` seconds to settle; the rest is
 requeued), then writers (flush, wait for confirmations), and only then stops the loop. The
-default drain (8 s) fits the usual 10 s grace period of a container. A second signal during the
-drain stops waiting: everything still in flight is requeued at once and ``run`` returns.
+whole drain shares one budget: writers get what the readers left of ``drain_timeout`` (at least
+half a second to flush), so the default (8 s) fits the usual 10 s grace period of a container. A
+second signal during the drain stops waiting: everything still in flight is requeued at once and
+``run`` returns. :func:`stop` does from code what a signal does (a supervisor that tells its
+worker processes to stop over a pipe uses it).
 Inside an already running loop (Jupyter, a tornado app) nothing here is needed: use ``await``.
 """
 
@@ -15,12 +18,12 @@ import asyncio
 import logging
 import signal
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from tornado.ioloop import IOLoop
 
-__all__ = ["DEFAULT_DRAIN_TIMEOUT", "Outcome", "close_all", "run", "serve"]
+__all__ = ["DEFAULT_DRAIN_TIMEOUT", "Outcome", "close_all", "run", "serve", "stop"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +31,9 @@ T = TypeVar("T")
 
 #: Seconds a signal-triggered shutdown waits for in-flight work (under a 10 s grace period).
 DEFAULT_DRAIN_TIMEOUT = 8.0
+
+#: The least time writers get to flush after the readers' drain used up the budget.
+_WRITER_FLOOR = 0.5
 
 
 class Closable(Protocol):
@@ -54,13 +60,18 @@ class Outcome(NamedTuple, Generic[T]):
 
 
 async def close_all(timeout: float = 30.0) -> None:
-    """Close every registered client gracefully, readers before writers (a reader may still
-    be republishing through a writer while it drains)."""
+    """Close every registered client gracefully within ``timeout`` seconds in all: readers
+    first (a reader may still be republishing through a writer while it drains), then writers
+    with the time left (at least half a second, or ``timeout`` if smaller)."""
     clients = list(_clients)
     readers = [c for c in clients if hasattr(c, "set_max_in_flight")]
     writers = [c for c in clients if c not in readers]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     for group in (readers, writers):
-        results = await asyncio.gather(*(c.close(timeout) for c in group), return_exceptions=True)
+        budget = timeout if group is readers else max(deadline - loop.time(), _WRITER_FLOOR)
+        budget = min(budget, timeout)
+        results = await asyncio.gather(*(c.close(budget) for c in group), return_exceptions=True)
         for result in results:
             if isinstance(result, Exception):
                 logger.error("error while closing: %r", result)
@@ -99,8 +110,16 @@ def serve(
             )
             hurry.set_result(name)
 
+    def request(signum: signal.Signals, at_once: bool) -> None:
+        if not stopping.done():
+            on_signal(signum)
+        if at_once and not hurry.done():
+            on_signal(signum)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    global _stop_request
+    _stop_request = request
 
     async def supervise() -> Outcome[T]:
         task = loop.create_task(main) if main is not None else None
@@ -125,8 +144,23 @@ def serve(
     try:
         return loop.run_until_complete(supervise())
     finally:
+        _stop_request = None
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+_stop_request: Callable[[signal.Signals, bool], None] | None = None
+
+
+def stop(signum: signal.Signals = signal.SIGTERM, *, hurry: bool = False) -> bool:
+    """Do to the running :func:`serve` what receiving ``signum`` does, from code on its loop:
+    begin the drain (a no-op once it has begun, so a stop asked for twice, by a signal and by
+    a supervisor, still drains), or with ``hurry=True`` also requeue what is in flight at once,
+    as a second signal would. Returns False when no :func:`serve` is running."""
+    if _stop_request is None:
+        return False
+    _stop_request(signum, hurry)
+    return True
 
 
 def run(

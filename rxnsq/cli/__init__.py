@@ -13,5 +13,6 @@ script              Go app               what it does
 Each also runs as ``python -m rxnsq.cli.<module>`` (``tail``, ``pub``, ``to_file``, ``to_nsq``,
 ``stat``). The names never shadow the Go binaries. The tools run on :func:`rxnsq.runner.run`:
 SIGINT and SIGTERM drain the in-flight messages before exiting, so stopping loses nothing.
-See ``docs/cli.md``.
+See ``docs/cli.md``. ``rxnsq worker MODULE:FACTORY`` (:mod:`rxnsq.cli.worker`) runs a user's
+pipeline as a service in supervised processes: see ``docs/worker.md``.
 """
