@@ -72,6 +72,16 @@ def _nullable(value: float) -> float | None:
     return None if value == -math.inf else value
 
 
+class _Worker:
+    """The store's thread and the one connection only that thread uses."""
+
+    __slots__ = ("db", "executor")
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="rxnsq-sqlite")
+        self.db: sqlite3.Connection | None = None
+
+
 class SQLiteStore:
     """A :class:`~rxnsq.windows.store.Store` in the SQLite file at ``path`` (created if
     missing). ``synchronous``: ``"FULL"`` (default, durable across power loss) or
@@ -94,8 +104,7 @@ class SQLiteStore:
         self.path = Path(path)
         self.synchronous = synchronous
         self.timeout = float(timeout)
-        self._executor: ThreadPoolExecutor | None = None
-        self._db: sqlite3.Connection | None = None
+        self._worker: _Worker | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -109,26 +118,26 @@ class SQLiteStore:
 
     # --- plumbing --------------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            db = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self.synchronous}")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.executescript(_SCHEMA)
+        return db
 
     async def _run(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         """Run ``fn(connection)`` on the store's thread, inside ``BEGIN IMMEDIATE``/``COMMIT``."""
         with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="rxnsq-sqlite")
-            executor = self._executor
+            if self._worker is None:
+                self._worker = _Worker()
+            worker = self._worker
 
         def transaction() -> R:
-            db = self._connection()
+            if worker.db is None:
+                worker.db = self._open()
+            db = worker.db
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
@@ -138,22 +147,23 @@ class SQLiteStore:
             db.execute("COMMIT")
             return result
 
-        return await asyncio.get_running_loop().run_in_executor(executor, transaction)
+        return await asyncio.get_running_loop().run_in_executor(worker.executor, transaction)
 
     async def close(self) -> None:
-        """Close the connection and the thread (a later call opens them again)."""
+        """Close the connection and the thread, after the calls already queued (a later call
+        opens a new thread with a new connection: never two threads on one connection)."""
         with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is None:
+            worker, self._worker = self._worker, None
+        if worker is None:
             return
 
         def shut() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            if worker.db is not None:
+                worker.db.close()
+                worker.db = None
 
-        await asyncio.get_running_loop().run_in_executor(executor, shut)
-        executor.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(worker.executor, shut)
+        worker.executor.shutdown(wait=True)
 
     # --- the Store interface -------------------------------------------------------------
 
