@@ -43,7 +43,14 @@ async def make_store(
 class Consumer:
     """One consumer: a windowed count fed through a Subject, recording results and late."""
 
-    def __init__(self, store: Any, settler: RecordingSettler, settle: bool = True, **kw: Any):
+    def __init__(
+        self,
+        store: Any,
+        settler: RecordingSettler,
+        settle: bool = True,
+        redeliver: bool = False,
+        **kw: Any,
+    ):
         options: dict[str, Any] = {
             "window": windows.tumbling(10),
             "clock": windows.event_time(lambda v: v["t"], delay=2),
@@ -63,6 +70,17 @@ class Consumer:
                 result.settle()
 
         self.subscription = self.input.pipe(self.op).subscribe(take)
+        if redeliver:  # as nsqd does: a requeued message comes back (a store busy for a moment)
+            settle_req = settler.settle_req
+
+            def requeued(message: Any, delay: float | None, backoff: bool) -> None:
+                settle_req(message, delay, backoff)
+                again = self.settler.message(
+                    message.body, message_id=message.id, attempts=message.attempts + 1
+                ).with_value(message.value)
+                asyncio.get_running_loop().call_later(0.05, self.input.on_next, again)
+
+            settler.settle_req = requeued
 
     def send(self, key: str, t: float, message_id: bytes | None = None) -> Any:
         value = {"k": key, "t": t}
@@ -75,10 +93,12 @@ class Consumer:
         return {(r.key, r.window): r.value for r in self.results}
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+async def until(
+    predicate: Callable[[], Any], timeout: float = 10.0, why: Callable[[], str] = str
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out {why()}"
         await asyncio.sleep(0.02)
 
 
@@ -137,10 +157,16 @@ async def test_two_consumers_of_one_store_give_one_result_per_window(
 ) -> None:
     s = settler()
     # the two fold in whatever order their transactions run: lateness covers that here
-    one, two = Consumer(make_store(), s, lateness=20), Consumer(make_store(), s, lateness=20)
+    one = Consumer(make_store(), s, lateness=20, redeliver=True)
+    two = Consumer(make_store(), RecordingSettler(consumer=s.consumer), lateness=20, redeliver=True)
     for i in range(40):
         (one if i % 2 else two).send(f"k{i % 3}", i * 0.5)
-    await until(lambda: one.op.stats().get("folded", 0) + two.op.stats().get("folded", 0) == 40)
+    consumer = s.consumer
+    assert isinstance(consumer, FakeConsumer)
+    await until(
+        lambda: one.op.stats().get("folded", 0) + two.op.stats().get("folded", 0) == 40,
+        why=lambda: f"{one.op.stats()} {two.op.stats()} errors: {consumer.errors}",
+    )
     one.send("k0", 100)
     two.send("k1", 100)
     one.send("k2", 100)
