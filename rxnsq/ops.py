@@ -143,13 +143,17 @@ class Batch(Sequence[Message[T]]):
 
 
 def _report(stage: str, message: Message[Any], exc: BaseException, hook: ErrorHook | None) -> None:
-    """A stage's function failed on ``message`` (and the stage settled it): tell ``hook``,
-    or log it."""
+    """A stage's function failed on ``message`` (and the stage settled it): tell ``hook``;
+    without one, report it to the reader that delivered the message (``reader.errors`` and
+    the log), or log it."""
+    consumer = message.consumer
     if hook is not None:
         try:
             hook(message, exc)
         except Exception:
             logger.exception("%s: on_error hook failed", stage)
+    elif consumer is not None:
+        consumer.report_error(exc, stage, message)
     else:
         logger.warning(
             "%s failed for message %s (attempt %d): %r",
@@ -680,11 +684,14 @@ def process_batch(
             fn(items.values)
         except Exception as exc:
             items.req_all(delay, backoff=backoff)
+            consumer = items[0].consumer if items else None
             if on_error is not None:
                 try:
                     on_error(items, exc)
                 except Exception:
                     logger.exception("process_batch: on_error hook failed")
+            elif consumer is not None:
+                consumer.report_error(exc, "process_batch", items[0])
             else:
                 logger.warning("process_batch failed for %d messages: %r", len(items), exc)
             if emit_failures:

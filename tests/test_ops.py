@@ -382,3 +382,17 @@ def test_stage_functions_must_be_callable(fn: Any) -> None:
             make(fn)
     with pytest.raises(errors.ConfigError, match="concurrency"):
         nsq.process_async(asyncio.sleep, concurrency=0)
+
+
+def test_a_failing_stage_without_a_hook_reports_to_the_reader() -> None:
+    consumer = FakeConsumer()
+    settler = RecordingSettler(consumer=consumer)
+    fails = settler.message(b"0")
+    run(nsq.process(lambda v: 1 // int(v)), (210, fails))
+    run(nsq.decode(int), (210, settler.message(b"x")))
+    run(nsq.process_batch(lambda rows: 1 // 0), (210, nsq.Batch([settler.message(b"b")])))
+    assert [(type(e).__name__, stage) for e, stage, _m in consumer.errors] == [
+        ("ZeroDivisionError", "process"), ("ValueError", "decode"),
+        ("ZeroDivisionError", "process_batch"),
+    ]  # fmt: skip
+    assert consumer.errors[0][2] is fails
