@@ -226,3 +226,34 @@ async def test_sessions_merge_in_the_store(make_store: Callable[[], Any]) -> Non
     assert c.totals() == {("a", W(100, 113)): 3, ("a", W(120, 125)): 1}
     size = await c.op.store.size("clicks")
     assert size.windows == 1  # the session of a@200 is still open
+
+
+async def test_concurrent_first_uses_of_a_postgres_store_share_one_pool(postgres_dsn: str) -> None:
+    """Folds starting together on a new store open one pool, and close() closes it: no
+    connection is left open (each extra pool would hold one connection that is never closed)."""
+    import asyncpg
+
+    database = postgres_dsn.rsplit("/", 1)[1]
+
+    async def connections() -> int:
+        probe = await asyncpg.connect(postgres_dsn)
+        try:
+            count = await probe.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> "
+                "pg_backend_pid()",
+                database,
+            )
+        finally:
+            await probe.close()
+        return int(count)
+
+    store = windows.PostgresStore(postgres_dsn, pool_size=1)  # one connection per pool
+    sizes = await asyncio.gather(*(store.size("clicks") for _ in range(4)))
+    assert all(size.windows == 0 for size in sizes)
+    assert await connections() == 1
+    await store.close()
+    for _ in range(50):  # the server sees the close a moment later
+        if await connections() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await connections() == 0

@@ -14,6 +14,7 @@ and is Apache-2.0 licensed; a batch travels as arrays (``unnest``) in a few roun
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Self
@@ -81,6 +82,9 @@ class PostgresStore:
         self.dsn = dsn
         self.pool_size = pool_size
         self._pool: Any = None
+        # one opening at a time: concurrent first uses share one pool, and a close waits for
+        # an opening under way (else the pool it makes would never be closed)
+        self._opening = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<PostgresStore pool_size={self.pool_size}>"
@@ -92,22 +96,34 @@ class PostgresStore:
         await self.close()
 
     async def _connection_pool(self) -> Any:
-        if self._pool is None:
-            pool = await self._asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=self.pool_size, command_timeout=60
-            )
+        pool = self._pool
+        if pool is not None:
+            return pool
+        async with self._opening:
+            if self._pool is None:
+                self._pool = await self._open_pool()
+            return self._pool
+
+    async def _open_pool(self) -> Any:
+        pool = await self._asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=self.pool_size, command_timeout=60
+        )
+        try:
             async with pool.acquire() as conn:
                 await conn.execute("SELECT pg_advisory_lock(7346239)")  # one schema creator
                 try:
                     await conn.execute(_SCHEMA)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock(7346239)")
-            self._pool = pool
-        return self._pool
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
 
     async def close(self) -> None:
         """Close the pool (a later call opens it again)."""
-        pool, self._pool = self._pool, None
+        async with self._opening:
+            pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
 
