@@ -94,7 +94,7 @@ class Settings:
     count_mif1: int = 40_000  # consume at max_in_flight 1 (one round trip each)
     pub_count: int = 400_000  # single PUBs
     mpub_count: int = 5_000_000  # MPUB of 100 and the sink rows
-    sink_loop_count: int = 1_000_000  # the plain loop into a sink
+    sink_loop_count: int = 2_000_000  # the plain loop into a sink (>= 1M, and >= 2 s at ~700k/s)
     window: int = 5_000  # single PUBs: at most this many messages unconfirmed
     mpub_window: int = 10  # MPUB of 100 and the sinks: at most this many commands in flight
     latency_rate: int = 2_000
