@@ -34,6 +34,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -1208,7 +1209,7 @@ def profile(bench: Bench, scenario_ids: list[str], out_dir: Path) -> dict[str, s
     by_id = {sc.id: sc for sc in bench.scenarios}
     client = bench.clients[RXNSQ]
     written: dict[str, str] = {}
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    py_spy = _py_spy()
     for scenario_id in scenario_ids:
         scenario = by_id.get(scenario_id)
         if scenario is None or RXNSQ not in scenario.modes:
@@ -1232,8 +1233,6 @@ def profile(bench: Bench, scenario_ids: list[str], out_dir: Path) -> dict[str, s
                 summary = out_dir / f"{scenario_id}.py-spy.txt"
                 summary.write_text(summarize_collapsed(raw.read_text()))
                 written[f"{scenario_id} (py-spy)"] = _display(summary)
-        else:
-            log("profile: py-spy not installed (pip install -e '.[bench]')")
         text = out_dir / f"{scenario_id}.pyinstrument.txt"
         if (
             bench.run_one(scenario, client, 98, extra=[f"--profile={text}"], record=False)
@@ -1241,6 +1240,19 @@ def profile(bench: Bench, scenario_ids: list[str], out_dir: Path) -> dict[str, s
         ):
             written[f"{scenario_id} (pyinstrument)"] = _display(text)
     return written
+
+
+def _py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+def missing_profilers() -> list[str]:
+    """What ``--profile`` needs and this environment lacks (checked before any run, so a long
+    run never ends without the profiles it was asked for)."""
+    missing = [] if Path(_py_spy()).exists() else ["py-spy"]
+    if importlib.util.find_spec("pyinstrument") is None:
+        missing.append("pyinstrument")
+    return missing
 
 
 def _display(path: Path) -> str:
@@ -1380,6 +1392,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(wanted) - {*ALL_CLIENTS, NSQ}
     if unknown:
         raise SystemExit(f"unknown clients {sorted(unknown)}; choose from {(*ALL_CLIENTS, NSQ)}")
+    if args.profile.strip() and (missing := missing_profilers()):
+        raise SystemExit(f"--profile needs {' and '.join(missing)}: pip install -e '.[bench]'")
     off = Client("", None, note="not selected (--clients)")
     clients = {
         RXNSQ: rxnsq_client() if RXNSQ in wanted else dataclasses.replace(off, name=RXNSQ),
