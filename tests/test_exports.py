@@ -52,7 +52,9 @@ def test_all_is_sorted_unique_and_resolvable() -> None:
 def test_every_error_lives_in_one_tree_and_is_exported() -> None:
     """The export rule: every error class of the library is defined in ``rxnsq.errors``,
     named in its tree, and exported from ``rxnsq``. (``rxnsq.compat`` keeps pynsq's own
-    names; the CLI and the test harness have private ones.)"""
+    names; the command line (``rxnsq.cli`` and the text settings it shares with the worker
+    command, ``rxnsq.arguments``: a usage error, printed with exit status 2) and the test
+    harness have private ones.)"""
     import importlib
     import pkgutil
 
@@ -64,7 +66,7 @@ def test_every_error_lives_in_one_tree_and_is_exported() -> None:
         if inspect.isclass(obj) and issubclass(obj, Exception):
             assert name in rxnsq.__all__, f"{name} is not exported from rxnsq"
             assert name in tree, f"{name} is missing from the tree in rxnsq.errors"
-    skip = ("rxnsq.compat", "rxnsq.cli", "rxnsq.testing", "rxnsq.errors")
+    skip = ("rxnsq.compat", "rxnsq.cli", "rxnsq.arguments", "rxnsq.testing", "rxnsq.errors")
     for info in pkgutil.walk_packages(rxnsq.__path__, "rxnsq."):
         if info.name.startswith(skip):
             continue

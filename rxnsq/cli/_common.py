@@ -2,30 +2,36 @@
 lines, logging and the run/exit-code plumbing.
 
 Flags keep the Go apps' spellings. Multi-value flags use ``action="append"`` ("may be given
-multiple times"). Durations take a number of seconds or a Go duration (``250ms``, ``1m30s``).
+multiple times"). The argument types and the option parsing live in :mod:`rxnsq.arguments`
+(the worker uses them too); the names the tools import are re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import difflib
-import inspect
 import logging
-import re
 import signal
-import ssl
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TextIO
 
-from .. import protocol, runner
+from .. import runner
 from .._version import __version__
-from ..config import ConnectionOptions
+from ..arguments import (
+    OptionError,
+    channel_name,
+    consumer_options,
+    duration,
+    nonneg_int,
+    opt_pair,
+    parse_duration,
+    positive_int,
+    producer_options,
+    topic_name,
+)
 from ..errors import NSQError
-from ..flow import ExponentialBackoff
 from ..reader import Reader
 from ..writer import Writer
 
@@ -36,6 +42,7 @@ __all__ = [
     "add_source_args",
     "add_status_args",
     "base_parser",
+    "channel_name",
     "consumer_options",
     "duration",
     "nonneg_int",
@@ -45,88 +52,10 @@ __all__ = [
     "resolver",
     "run_tool",
     "setup_logging",
+    "topic_name",
 ]
 
 logger = logging.getLogger(__name__)
-
-# --- argument types ---------------------------------------------------------------------------
-
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``"2"``, ``"2.5"`` or a Go duration (``"250ms"``, ``"1m30s"``, ``"1h"``)."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    seconds, pos = 0.0, 0
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        if match is None:
-            raise ValueError(f"{text!r} is not a duration (seconds, or e.g. 250ms, 1m30s, 1h)")
-        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if not text:
-        raise ValueError("an empty duration")
-    return seconds
-
-
-def duration(text: str) -> float:
-    """argparse type: a duration >= 0, in seconds."""
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if seconds < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be >= 0")
-    return seconds
-
-
-def _int(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be >= {low}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    return _int(text, 1)
-
-
-def nonneg_int(text: str) -> int:
-    """argparse type: an int >= 0."""
-    return _int(text, 0)
-
-
-def topic_name(text: str) -> str:
-    """argparse type: a topic name nsqd accepts."""
-    try:
-        return protocol.check_topic_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def channel_name(text: str) -> str:
-    """argparse type: a channel name nsqd accepts."""
-    try:
-        return protocol.check_channel_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _opt_pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition(",")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected key,value (e.g. max_tries,10)")
-    return key.strip(), value
-
 
 # --- parsers --------------------------------------------------------------------------------
 
@@ -194,7 +123,7 @@ def add_consumer_opt(parser: argparse.ArgumentParser) -> None:
         "--consumer-opt",
         action="append",
         default=[],
-        type=_opt_pair,
+        type=opt_pair,
         metavar="KEY,VALUE",
         help="a Reader option, e.g. max_tries,10 or msg_timeout,2m (may be given multiple "
         "times; go-nsq names such as max_attempts are understood)",
@@ -206,7 +135,7 @@ def add_producer_opt(parser: argparse.ArgumentParser) -> None:
         "--producer-opt",
         action="append",
         default=[],
-        type=_opt_pair,
+        type=opt_pair,
         metavar="KEY,VALUE",
         help="a Writer option, e.g. snappy,true or connect_timeout,2s (may be given multiple "
         "times)",
@@ -228,120 +157,6 @@ def add_status_args(parser: argparse.ArgumentParser, *, every: int, interval: fl
         metavar="DURATION",
         help="print a progress line to stderr every DURATION (0 = never; default: %(default)ss)",
     )
-
-
-# --- --consumer-opt / --producer-opt ------------------------------------------------------------
-
-
-class OptionError(ValueError):
-    """A ``--consumer-opt``/``--producer-opt`` that names no option or has a bad value."""
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "t", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "f", "false", "no", "n", "off"):
-        return False
-    raise ValueError(f"{text!r} is not a boolean (true/false)")
-
-
-def _coercer(annotation: object) -> Callable[[str], Any] | None:
-    """How to turn text into a value for a parameter annotated ``annotation`` (a string, as
-    the modules use ``from __future__ import annotations``); None if not settable as text."""
-    kinds = {part.strip() for part in str(annotation).split("|")} - {"None"}
-    if "bool" in kinds:
-        return _parse_bool
-    if "int" in kinds and "float" not in kinds:
-        return int
-    if "float" in kinds:
-        return parse_duration
-    if "str" in kinds:
-        return str
-    return None
-
-
-# Parameters the tools set from their own flags, never from --*-opt.
-_CONSUMER_OWN = {"topic", "channel", "nsqd_tcp_addresses", "lookupd_http_addresses", "giving_up"}
-_PRODUCER_OWN = {"nsqd_tcp_addresses"}
-# go-nsq's option names (the Go apps' --consumer-opt keys) that rxnsq spells differently.
-_RENAMED = {"max_attempts": "max_tries", "dial_timeout": "connect_timeout"}
-_TLS_KEYS = {
-    "tls_root_ca_file": "ca_certs",
-    "tls_cert": "certfile",
-    "tls_key": "keyfile",
-    "tls_insecure_skip_verify": "cert_reqs",
-}
-
-
-def _settable(target: Callable[..., Any], own: set[str]) -> dict[str, Callable[[str], Any]]:
-    found: dict[str, Callable[[str], Any]] = {}
-    for name, param in inspect.signature(target).parameters.items():
-        if param.kind is inspect.Parameter.KEYWORD_ONLY and name not in own:
-            coerce = _coercer(param.annotation)
-            if coerce is not None:
-                found[name] = coerce
-    for field in dataclasses.fields(ConnectionOptions):
-        coerce = _coercer(field.type)
-        if coerce is not None:
-            found[field.name] = coerce
-    return found
-
-
-def _options(
-    pairs: Iterable[tuple[str, str]], flag: str, settable: dict[str, Callable[[str], Any]]
-) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    tls: dict[str, Any] = {}
-    extra = {*_RENAMED, *_TLS_KEYS} | (
-        {"backoff_multiplier"} if flag == "--consumer-opt" else set()
-    )
-    for key, text in pairs:
-        name = _RENAMED.get(key, key)
-        try:
-            if key in _TLS_KEYS:
-                if key == "tls_insecure_skip_verify":
-                    if _parse_bool(text):
-                        tls["cert_reqs"] = ssl.CERT_NONE
-                        tls["check_hostname"] = False
-                else:
-                    tls[_TLS_KEYS[key]] = text
-                options["tls_v1"] = True
-            elif key == "backoff_multiplier" and flag == "--consumer-opt":
-                options["backoff"] = ExponentialBackoff(parse_duration(text))
-            elif name in settable:
-                options[name] = settable[name](text)
-            else:
-                known = sorted({*settable, *extra})
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise OptionError(
-                    f"{flag}: unknown option {key!r}{hint}; known options: {', '.join(known)}"
-                )
-        except ValueError as exc:
-            if isinstance(exc, OptionError):
-                raise
-            raise OptionError(f"{flag} {key}: bad value {text!r}: {exc}") from None
-    if tls:
-        options["tls_options"] = tls
-    return options
-
-
-def consumer_options(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """Reader keyword options from ``--consumer-opt key,value`` pairs, typed and checked.
-
-    Keys are :class:`~rxnsq.reader.Reader` keywords and connection options, plus go-nsq's
-    names for the same things (``max_attempts``, ``dial_timeout``, ``backoff_multiplier``,
-    ``tls_root_ca_file``, ``tls_cert``, ``tls_key``, ``tls_insecure_skip_verify``).
-    Raises :class:`OptionError` for an unknown key or a value of the wrong type.
-    """
-    return _options(pairs, "--consumer-opt", _settable(Reader, _CONSUMER_OWN))
-
-
-def producer_options(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """Writer keyword options from ``--producer-opt key,value`` pairs (see
-    :func:`consumer_options`)."""
-    return _options(pairs, "--producer-opt", _settable(Writer, _PRODUCER_OWN))
 
 
 # --- readers ----------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import arguments
 from ..address import http_address_list, tcp_address_list
-from ..cli import _common
-from ..cli._common import (
+from ..arguments import (
     channel_name,
     consumer_options,
     duration,
@@ -270,6 +270,6 @@ def from_args(
     try:
         options.reader_options()
         options.writer_options()
-    except _common.OptionError as exc:
+    except arguments.OptionError as exc:
         parser.error(str(exc))
     return options
