@@ -1204,7 +1204,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def profile(bench: Bench, scenario_ids: list[str], out_dir: Path) -> dict[str, str]:
     """Run the rxnsq worker of each scenario once more under py-spy (whole process, the
-    event-loop part kept) and once under pyinstrument (the measured interval only)."""
+    event-loop part kept) and once under pyinstrument (the measured interval only); main
+    checked that both are installed (:func:`missing_profilers`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     by_id = {sc.id: sc for sc in bench.scenarios}
     client = bench.clients[RXNSQ]
@@ -1216,23 +1217,22 @@ def profile(bench: Bench, scenario_ids: list[str], out_dir: Path) -> dict[str, s
             log(f"profile: no rxnsq scenario {scenario_id!r}")
             continue
         raw = out_dir / f"{scenario_id}.collapsed"
-        if Path(py_spy).exists():
-            prefix = [
-                py_spy,
-                "record",
-                "--nonblocking",
-                "--rate",
-                "1000",
-                "--format",
-                "raw",
-                "--output",
-                str(raw),
-                "--",
-            ]
-            if bench.run_one(scenario, client, 99, prefix=prefix, record=False) and raw.exists():
-                summary = out_dir / f"{scenario_id}.py-spy.txt"
-                summary.write_text(summarize_collapsed(raw.read_text()))
-                written[f"{scenario_id} (py-spy)"] = _display(summary)
+        prefix = [
+            py_spy,
+            "record",
+            "--nonblocking",
+            "--rate",
+            "1000",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--",
+        ]
+        if bench.run_one(scenario, client, 99, prefix=prefix, record=False) and raw.exists():
+            summary = out_dir / f"{scenario_id}.py-spy.txt"
+            summary.write_text(summarize_collapsed(raw.read_text()))
+            written[f"{scenario_id} (py-spy)"] = _display(summary)
         text = out_dir / f"{scenario_id}.pyinstrument.txt"
         if (
             bench.run_one(scenario, client, 98, extra=[f"--profile={text}"], record=False)

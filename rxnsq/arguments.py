@@ -109,6 +109,7 @@ def channel_name(text: str) -> str:
 
 
 def opt_pair(text: str) -> tuple[str, str]:
+    """argparse type: ``key,value`` (the value may itself hold commas)."""
     key, sep, value = text.partition(",")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"{text!r}: expected key,value (e.g. max_tries,10)")

@@ -229,7 +229,7 @@ async def test_sessions_merge_in_the_store(make_store: Callable[[], Any]) -> Non
 
 
 async def test_concurrent_first_uses_of_a_postgres_store_share_one_pool(postgres_dsn: str) -> None:
-    """Folds starting together on a new store open one pool, and close() closes it: no
+    """Calls starting together on a new store open one pool, and close() closes it: no
     connection is left open (each extra pool would hold one connection that is never closed)."""
     import asyncpg
 
